@@ -1,0 +1,169 @@
+"""``init()`` and ``shutdown()``: build every component from Settings, idempotently."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from devkit import _errors, _state, logs
+from devkit._state import Runtime
+from devkit.config import Settings
+from devkit.redaction import Redactor
+
+__all__ = ["init", "shutdown"]
+
+_atexit_registered = False
+#: Components injected by ``devkit.testing`` (e.g. an in-memory span exporter).
+overrides: dict[str, Any] = {}
+
+
+def init(**overrides: Any) -> Runtime:
+    """Configure logs, metrics, tracing and health from the environment.
+
+    Keyword arguments are the variables of the configuration reference in lower case
+    without the ``DEVKIT_`` prefix (``service_name=``, ``log_level=`` ...) and win over
+    the environment. Raises :class:`devkit.ConfigError` for invalid configuration, before
+    anything is installed. A second call returns the same runtime and logs one warning.
+    """
+    global _atexit_registered
+    with _state.lock():
+        runtime = _state.current()
+        if runtime is not None:
+            if not runtime.warned_reinit:
+                runtime.warned_reinit = True
+                logs.get_logger("devkit").warning(
+                    "devkit.init() called again; keeping the existing runtime",
+                    ignored_overrides=sorted(overrides) or None,
+                )
+            return runtime
+
+        settings = Settings.from_env(os.environ, **overrides)
+        if settings.disabled:
+            runtime = Runtime(settings=settings, enabled=False)
+            _state.set_current(runtime)
+            return runtime
+
+        redactor = Redactor(
+            mode=settings.redact_mode,
+            salt=settings.redact_salt.encode() if settings.redact_salt else None,
+            extra_keys=settings.redact_keys,
+            redact_ip=settings.redact_ip,
+        )
+        runtime = Runtime(settings=settings, redactor=redactor)
+        runtime.extra.update(overrides)
+        try:
+            _build(runtime, dict(os.environ))
+        except BaseException:
+            _run_closers(runtime, settings.shutdown_timeout_s)
+            raise
+        _state.set_current(runtime)
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+        return runtime
+
+
+def _build(runtime: Runtime, environ: dict[str, str]) -> None:
+    """Build and install every component; each registers its undo in ``runtime.closers``."""
+    from prometheus_client import REGISTRY
+
+    from devkit import health
+    from devkit.metrics import RedMetrics, buckets_for
+    from devkit.middleware._common import Instruments
+    from devkit.tracing.propagation import W3CPropagator
+    from devkit.tracing.provider import build_tracing, install_instrumentors, install_propagator
+
+    settings = runtime.settings
+    closers = runtime.closers
+
+    pipeline = logs.LogPipeline(settings, runtime.redactor, sys.stdout)
+    installation = logs.install(pipeline)
+    runtime.logs = pipeline
+    closers.append(("logs", lambda _t: installation.undo()))
+
+    metrics = RedMetrics(REGISTRY, buckets=buckets_for(settings.slow_threshold_ms / 1000.0))
+    runtime.metrics = metrics
+    closers.append(("metrics", lambda _t: metrics.unregister()))
+    for (component, reason), n in _errors.counts().items():
+        metrics.internal_errors.labels(component, reason).inc(n)
+    _errors.add_listener(metrics.count_internal_error)
+    closers.append(("metrics", lambda _t: _errors.remove_listener(metrics.count_internal_error)))
+
+    redactor = runtime.redactor
+    tracing = build_tracing(
+        settings,
+        environ,
+        redact=redactor.redact_attributes if redactor is not None else None,
+        on_drop=metrics.count_dropped_spans,
+        on_decision=lambda decision, _n: metrics.count_trace_decision(decision),
+        exporter=runtime.extra.get("span_exporter"),
+    )
+    runtime.tracing = tracing
+    closers.append(("tracing", tracing.shutdown))
+    undo_propagator = install_propagator(W3CPropagator(), environ)
+    closers.append(("tracing", lambda _t: undo_propagator()))
+
+    registry = health.configure(
+        liveness_timeout_s=settings.liveness_timeout_s,
+        redact=redactor.redact_str if redactor is not None else None,
+    )
+    runtime.health = registry
+    closers.append(("health", lambda _t: registry.stop()))
+
+    runtime.instruments = Instruments(
+        settings,
+        metrics=metrics,
+        tracing=tracing,
+        logs=pipeline,
+        health=registry,
+        redactor=redactor,
+        propagators_from_env=_custom_propagators(environ),
+    )
+
+    from devkit import integrations
+
+    names, undos = integrations.enable_installed()
+    runtime.integrations = names
+    for undo in undos:
+        closers.append(("integrations", _ignore_timeout(undo)))
+    instrumentors, undo_instrumentors = install_instrumentors(environ)
+    runtime.instrumentors = instrumentors
+    closers.append(("tracing", lambda _t: undo_instrumentors()))
+
+
+def _ignore_timeout(action: Callable[[], None]) -> Callable[[float], None]:
+    return lambda _timeout: action()
+
+
+def _custom_propagators(environ: dict[str, str]) -> bool:
+    configured = environ.get("OTEL_PROPAGATORS", "").replace(" ", "")
+    return bool(configured) and configured not in ("tracecontext,baggage", "baggage,tracecontext")
+
+
+def shutdown(timeout_s: float | None = None) -> None:
+    """Flush and uninstall everything ``init()`` installed. Idempotent; never raises.
+
+    ``timeout_s`` bounds the whole shutdown (default ``DEVKIT_SHUTDOWN_TIMEOUT_S``).
+    """
+    with _state.lock():
+        runtime = _state.current()
+        if runtime is None:
+            return
+        _state.reset()
+        _run_closers(
+            runtime, timeout_s if timeout_s is not None else runtime.settings.shutdown_timeout_s
+        )
+
+
+def _run_closers(runtime: Runtime, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while runtime.closers:
+        name, close = runtime.closers.pop()
+        try:
+            close(max(0.0, deadline - time.monotonic()))
+        except Exception as exc:
+            _errors.report(name, "shutdown_failed", exc)

@@ -1,0 +1,248 @@
+"""Settings: every knob of devkit, read from an environment mapping and validated once.
+
+``Settings.from_env(environ, **overrides)`` takes the mapping as an argument (tests pass a
+plain dict) and applies precedence *keyword override > DEVKIT_* variable > OTEL_* fallback
+> default*. Every invalid value raises :class:`devkit.ConfigError` naming the variable,
+the value and what is accepted, so a bad deployment fails at start-up, not at the first
+request. Empty variables count as unset, as in the OpenTelemetry SDK.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from devkit import _env
+from devkit.exceptions import ConfigError
+
+__all__ = ["LEVELS", "VARIABLES", "Settings", "Variable"]
+
+#: Log levels in the order of severity, as written in the ``level`` field.
+LEVELS: tuple[str, ...] = ("debug", "info", "warn", "error", "fatal")
+_LEVEL_ALIASES = {"warning": "warn", "critical": "fatal", "err": "error"}
+
+LogLevel = Literal["debug", "info", "warn", "error", "fatal"]
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable of the contract, for validation and the docs reference."""
+
+    name: str
+    field: str
+    default: str
+    meaning: str
+    fallback: tuple[str, ...] = ()
+
+
+#: Every variable devkit reads (SPEC section 8); the docs reference is generated from this.
+VARIABLES: tuple[Variable, ...] = (
+    Variable(
+        "DEVKIT_SERVICE_NAME",
+        "service_name",
+        "`OTEL_SERVICE_NAME`, else `service.name` of `OTEL_RESOURCE_ATTRIBUTES`, "
+        "else `unknown_service`",
+        "service name in logs, metrics, traces",
+        ("OTEL_SERVICE_NAME",),
+    ),
+    Variable("DEVKIT_SERVICE_VERSION", "service_version", "unset", "`service.version`"),
+    Variable("DEVKIT_ENVIRONMENT", "environment", "unset", "`deployment.environment.name`"),
+    Variable("DEVKIT_LOG_LEVEL", "log_level", "info", "debug, info, warn, error, fatal"),
+    Variable("DEVKIT_LOG_FORMAT", "log_format", "json", "json, console"),
+    Variable("DEVKIT_REDACT_MODE", "redact_mode", "mask", "mask, hash"),
+    Variable("DEVKIT_REDACT_KEYS", "redact_keys", "empty", "extra comma-separated keys"),
+    Variable("DEVKIT_REDACT_SALT", "redact_salt", "unset", "HMAC key for hash mode"),
+    Variable("DEVKIT_REDACT_IP", "redact_ip", "false", "also redact IPv4 addresses"),
+    Variable(
+        "DEVKIT_TRACES_EXPORTER",
+        "traces_exporter",
+        "`otlp` if an OTLP endpoint is set, else `none`",
+        "otlp, console, none",
+        ("OTEL_TRACES_EXPORTER",),
+    ),
+    Variable("DEVKIT_SAMPLE_SUCCESS_RATIO", "sample_success_ratio", "0.1", "0..1"),
+    Variable(
+        "DEVKIT_SLOW_THRESHOLD_MS", "slow_threshold_ms", "300", "keep traces at least this slow"
+    ),
+    Variable("DEVKIT_TAIL_SAMPLING", "tail_sampling", "local", "local, collector"),
+    Variable("DEVKIT_METRICS_PATH", "metrics_path", "/metrics", "exposition path"),
+    Variable("DEVKIT_METRICS_PORT", "metrics_port", "unset", "serve metrics on their own port"),
+    Variable("DEVKIT_HEALTH_PATH", "health_path", "/healthz", "probe prefix"),
+    Variable("DEVKIT_LIVENESS_TIMEOUT_S", "liveness_timeout_s", "10", "event-loop heartbeat limit"),
+    Variable("DEVKIT_SHUTDOWN_TIMEOUT_S", "shutdown_timeout_s", "10", "drain and flush limit"),
+    Variable(
+        "DEVKIT_DISABLED",
+        "disabled",
+        "false",
+        "init() installs nothing",
+        ("OTEL_SDK_DISABLED",),
+    ),
+)
+_BY_FIELD = {v.field: v for v in VARIABLES}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one devkit runtime (immutable)."""
+
+    service_name: str = "unknown_service"
+    service_version: str | None = None
+    environment: str | None = None
+    log_level: LogLevel = "info"
+    log_format: Literal["json", "console"] = "json"
+    redact_mode: Literal["mask", "hash"] = "mask"
+    redact_keys: tuple[str, ...] = ()
+    redact_salt: str | None = field(default=None, repr=False)
+    redact_ip: bool = False
+    traces_exporter: Literal["otlp", "console", "none"] = "none"
+    sample_success_ratio: float = 0.1
+    slow_threshold_ms: float = 300.0
+    tail_sampling: Literal["local", "collector"] = "local"
+    metrics_path: str = "/metrics"
+    metrics_port: int | None = None
+    health_path: str = "/healthz"
+    liveness_timeout_s: float = 10.0
+    shutdown_timeout_s: float = 10.0
+    disabled: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
+        """Build settings from ``environ`` with keyword ``overrides`` winning."""
+        unknown = sorted(set(overrides) - set(_BY_FIELD))
+        if unknown:
+            raise ConfigError(
+                unknown[0], overrides[unknown[0]], "a keyword among " + ", ".join(_BY_FIELD)
+            )
+        env = {k: v for k, v in environ.items() if v.strip()}
+        values: dict[str, Any] = {}
+        for var in VARIABLES:
+            if var.field in overrides and overrides[var.field] is not None:
+                raw: object = overrides[var.field]
+                name = f"{var.name} (keyword {var.field}=)"
+            elif var.name in env:
+                raw, name = env[var.name], var.name
+            else:
+                fallback = next((f for f in var.fallback if f in env), None)
+                if fallback is None:
+                    continue
+                raw, name = env[fallback], fallback
+            values[var.field] = _PARSERS[var.field](name, raw)
+
+        if "service_name" not in values:
+            service = _resource_attribute(env.get("OTEL_RESOURCE_ATTRIBUTES", ""), "service.name")
+            if service:
+                values["service_name"] = service
+        if "traces_exporter" not in values and (
+            "OTEL_EXPORTER_OTLP_ENDPOINT" in env or "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" in env
+        ):
+            values["traces_exporter"] = "otlp"
+        if (
+            "disabled" not in overrides
+            and not values.get("disabled")
+            and "OTEL_SDK_DISABLED" in env
+            and "DEVKIT_DISABLED" in env
+        ):
+            values["disabled"] = _env.parse_bool("OTEL_SDK_DISABLED", env["OTEL_SDK_DISABLED"])
+
+        settings = cls(**values)
+        settings._check_consistency()
+        return settings
+
+    def _check_consistency(self) -> None:
+        if self.redact_mode == "hash" and not self.redact_salt:
+            raise ConfigError(
+                "DEVKIT_REDACT_SALT",
+                self.redact_salt,
+                "a non-empty secret when DEVKIT_REDACT_MODE=hash",
+            )
+        if self.metrics_path == self.health_path or self.metrics_path.startswith(
+            self.health_path + "/"
+        ):
+            raise ConfigError(
+                "DEVKIT_METRICS_PATH",
+                self.metrics_path,
+                f"a path outside the probe prefix {self.health_path}",
+            )
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied and validated again."""
+        settings = dataclasses.replace(self, **changes)
+        settings._check_consistency()
+        return settings
+
+    @property
+    def level_number(self) -> int:
+        """The stdlib ``logging`` number of :attr:`log_level`."""
+        return _LEVEL_NUMBERS[self.log_level]
+
+
+_LEVEL_NUMBERS = {"debug": 10, "info": 20, "warn": 30, "error": 40, "fatal": 50}
+
+
+def _text(name: str, raw: object) -> str:
+    text = str(raw).strip()
+    if not text or len(text) > 255 or any(ord(c) < 32 for c in text):
+        raise ConfigError(name, raw, "a non-empty printable string of at most 255 characters")
+    return text
+
+
+def _choice(*choices: str, aliases: dict[str, str] | None = None) -> Callable[[str, object], str]:
+    return lambda name, raw: _env.parse_choice(name, raw, choices, aliases)
+
+
+def _salt(name: str, raw: object) -> str:
+    text = str(raw)
+    if len(text) < 8:
+        raise ConfigError(name, "<hidden>", "a secret of at least 8 characters")
+    return text
+
+
+def _traces_exporter(name: str, raw: object) -> str:
+    return _env.parse_choice(name, raw, ("otlp", "console", "none"))
+
+
+_PARSERS: dict[str, Callable[[str, Any], Any]] = {
+    "service_name": _text,
+    "service_version": _text,
+    "environment": _text,
+    "log_level": _choice(*LEVELS, aliases=_LEVEL_ALIASES),
+    "log_format": _choice("json", "console"),
+    "redact_mode": _choice("mask", "hash"),
+    "redact_keys": _env.parse_list,
+    "redact_salt": _salt,
+    "redact_ip": _env.parse_bool,
+    "traces_exporter": _traces_exporter,
+    "sample_success_ratio": lambda n, r: _env.parse_float(n, r, minimum=0.0, maximum=1.0),
+    "slow_threshold_ms": lambda n, r: _env.parse_float(n, r, minimum=0.0, exclusive_minimum=True),
+    "tail_sampling": _choice("local", "collector"),
+    "metrics_path": _env.parse_path,
+    "metrics_port": lambda n, r: _env.parse_int(n, r, minimum=1, maximum=65535),
+    "health_path": _env.parse_path,
+    "liveness_timeout_s": lambda n, r: _env.parse_float(n, r, minimum=0.0, exclusive_minimum=True),
+    "shutdown_timeout_s": lambda n, r: _env.parse_float(n, r, minimum=0.0, exclusive_minimum=True),
+    "disabled": _env.parse_bool,
+}
+
+
+def _resource_attribute(raw: str, key: str) -> str | None:
+    for item in raw.split(","):
+        name, sep, value = item.partition("=")
+        if sep and name.strip() == key and value.strip():
+            return value.strip()
+    return None
+
+
+def reference_table() -> str:
+    """The configuration reference as a markdown table (``docs/configuration.md`` embeds it)."""
+    rows = ["| variable | keyword | default | meaning |", "|---|---|---|---|"]
+    for var in VARIABLES:
+        name = f"`{var.name}`" + "".join(f" / `{f}`" for f in var.fallback)
+        rows.append(f"| {name} | `{var.field}=` | {_md_default(var.default)} | {var.meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def _md_default(default: str) -> str:
+    plain = "`" in default or " " in default or default in ("unset", "empty")
+    return default if plain else f"`{default}`"

@@ -1,0 +1,150 @@
+"""Django: a middleware class for ``MIDDLEWARE``, inserted first automatically by ``init()``.
+
+The route label is the URL pattern Django resolved (``resolver_match.route``, e.g.
+``/items/<int:item_id>``). Django turns view exceptions into 500 responses inside the
+handler, so ``process_exception`` records the exception for the outer layer; the span is
+active there and in every other middleware, so their logs carry the trace id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from devkit import _errors, _state
+from devkit.metrics import exposition, scrape_registry
+from devkit.middleware._common import (
+    ACTIVE_KEY,
+    CORRELATION_HEADER,
+    Instruments,
+)
+
+__all__ = ["DevkitMiddleware", "enable"]
+
+MIDDLEWARE_PATH = "devkit.integrations.django.DevkitMiddleware"
+_EXC_ATTR = "_devkit_exception"
+_HEADER_KEYS = {
+    "traceparent": "HTTP_TRACEPARENT",
+    "tracestate": "HTTP_TRACESTATE",
+    "baggage": "HTTP_BAGGAGE",
+}
+_NO_VALUES: Sequence[str] = ()
+
+
+def _route(request: Any) -> str | None:
+    match = getattr(request, "resolver_match", None)
+    route: object = getattr(match, "route", None)
+    if not isinstance(route, str) or not route:
+        return None
+    return route if route.startswith("/") else "/" + route
+
+
+class DevkitMiddleware:
+    """Add ``"devkit.integrations.django.DevkitMiddleware"`` first in ``MIDDLEWARE``."""
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: Any) -> Any:
+        runtime = _state.current()
+        inst = runtime.instruments if runtime is not None else None
+        meta = request.META
+        if inst is None or ACTIVE_KEY in meta:
+            return self.get_response(request)
+        meta[ACTIVE_KEY] = True
+        path = request.path_info or "/"
+        if path == inst.metrics_path:
+            return _metrics_response(inst, meta)
+        if path.startswith(inst.health_prefix):
+            kind = inst.probes.get(path)
+            if kind is not None:
+                return _probe_response(inst, kind)
+
+        def get_header(name: str) -> Sequence[str]:
+            value = meta.get(_HEADER_KEYS[name])
+            return (value,) if value else _NO_VALUES
+
+        ex = inst.begin(
+            request.method or "GET",
+            request.scheme or "http",
+            path,
+            meta.get("QUERY_STRING", ""),
+            meta.get("HTTP_X_CORRELATION_ID") or meta.get("HTTP_X_REQUEST_ID"),
+            get_header,
+        )
+        try:
+            response = self.get_response(request)
+        except BaseException as exc:
+            inst.finish(ex, _route(request), 500, exc)
+            raise
+        response[CORRELATION_HEADER] = ex.cid
+        inst.finish(ex, _route(request), response.status_code, getattr(request, _EXC_ATTR, None))
+        return response
+
+    def process_exception(self, request: Any, exception: Exception) -> None:
+        setattr(request, _EXC_ATTR, exception)
+        return None
+
+
+def _metrics_response(inst: Instruments, meta: dict[str, Any]) -> Any:
+    from django.http import HttpResponse
+
+    try:
+        if inst.metrics is None:
+            return HttpResponse(b"metrics disabled\n", status=404, content_type="text/plain")
+        registry = scrape_registry(inst.metrics.registry, inst.metrics.exemplars)
+        body, content_type = exposition(registry, meta.get("HTTP_ACCEPT"))
+    except Exception as exc:
+        _errors.report("metrics", "exposition_failed", exc)
+        return HttpResponse(b"exposition failed\n", status=500, content_type="text/plain")
+    response = HttpResponse(body, content_type=content_type)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _probe_response(inst: Instruments, kind: str) -> Any:
+    from django.http import HttpResponse
+
+    if inst.health is None:
+        body, status = b'{"status":"fail","checks":{}}', 503
+    else:
+        try:
+            result = inst.health.evaluate(kind)
+            body, status = result.body(), result.http_status
+        except Exception as exc:
+            _errors.report("health", "probe_failed", exc)
+            body, status = b'{"status":"fail","checks":{}}', 503
+    response = HttpResponse(body, status=status, content_type="application/json")
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def enable() -> Callable[[], None]:
+    """Insert the middleware first whenever Django builds a handler after ``init()``."""
+    from django.core.handlers.base import BaseHandler
+
+    original = BaseHandler.load_middleware
+    if getattr(original, "_devkit_patched", False):
+        return lambda: None
+
+    def load_middleware(self: Any, is_async: bool = False) -> None:
+        from django.conf import settings
+
+        try:
+            middleware = list(settings.MIDDLEWARE)
+            if MIDDLEWARE_PATH not in middleware:
+                settings.MIDDLEWARE = [MIDDLEWARE_PATH, *middleware]
+        except Exception as exc:  # settings not configured: leave Django as it is
+            _errors.report("integrations", "django_settings_unavailable", exc)
+        original(self, is_async)
+
+    load_middleware._devkit_patched = True  # type: ignore[attr-defined]
+    BaseHandler.load_middleware = load_middleware
+
+    def undo() -> None:
+        BaseHandler.load_middleware = original
+
+    return undo

@@ -1,0 +1,447 @@
+"""Structured logs: one JSON object per line, the same for structlog and stdlib ``logging``.
+
+The pipeline is a short chain of plain processors (structlog's contextvars merge, then
+devkit's :meth:`LogPipeline.finalize`) and a renderer. ``finalize`` does in one pass what
+a hand-built chain does in five: level name, RFC 3339 timestamp, service and logger,
+trace and correlation ids, the exception as ``error``, and redaction *before* rendering,
+so nothing unredacted ever reaches the stream.
+
+stdlib records (uvicorn, gunicorn, libraries) enter through :class:`StdlibHandler`, which
+builds the same event dict and calls the same pipeline, so the process speaks one format.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import threading
+import time
+import traceback
+import warnings
+from collections.abc import Callable, MutableMapping
+from contextvars import ContextVar
+from types import TracebackType
+from typing import IO, Any, cast
+
+import orjson
+import structlog
+from opentelemetry import trace as otel_trace
+from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
+
+from devkit import _context, _errors
+from devkit.config import Settings
+from devkit.redaction import Redactor
+
+__all__ = ["LogPipeline", "StdlibHandler", "add_tap", "get_logger", "remove_tap"]
+
+# structlog method names and stdlib level names -> the SPEC's five level names.
+_LEVEL_OF_METHOD = {
+    "debug": "debug",
+    "info": "info",
+    "msg": "info",
+    "warning": "warn",
+    "warn": "warn",
+    "error": "error",
+    "exception": "error",
+    "critical": "fatal",
+    "fatal": "fatal",
+}
+# Fields devkit writes; never redacted (their values are devkit's own) nor overwritten.
+_RESERVED = frozenset(
+    {
+        "timestamp",
+        "level",
+        "service",
+        "logger",
+        "message",
+        "trace_id",
+        "span_id",
+        "correlation_id",
+        "error",
+    }
+)
+_NOT_REDACTED = frozenset(
+    {"timestamp", "level", "service", "logger", "trace_id", "span_id", "correlation_id"}
+)
+_MAX_STACK_CHARS = 32_768
+_JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+
+# Renders of the captured records go to every tap as well (devkit.testing).
+_TAPS: list[Callable[[bytes], None]] = []
+# Set while a record is being processed: a record logged *by* the pipeline (a library
+# warning raised while rendering) is dropped instead of recursing.
+_IN_PIPELINE: ContextVar[bool] = ContextVar("devkit_in_log_pipeline", default=False)
+
+
+def add_tap(tap: Callable[[bytes], None]) -> None:
+    """Also send every rendered line to ``tap`` (used by ``devkit.testing``)."""
+    _TAPS.append(tap)
+
+
+def remove_tap(tap: Callable[[bytes], None]) -> None:
+    if tap in _TAPS:
+        _TAPS.remove(tap)
+
+
+class _Clock:
+    """RFC 3339 UTC timestamps with milliseconds; the seconds part is cached."""
+
+    __slots__ = ("_cache",)
+
+    def __init__(self) -> None:
+        self._cache: tuple[int, str] = (-1, "")
+
+    def format(self, t: float) -> str:
+        sec = int(t)
+        cached_sec, prefix = self._cache
+        if sec != cached_sec:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+            self._cache = (sec, prefix)
+        return f"{prefix}.{int((t - sec) * 1000):03d}Z"
+
+
+class LogPipeline:
+    """Turns event dicts into redacted, rendered lines and writes them to one stream."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redactor: Redactor | None,
+        stream: IO[str] | IO[bytes] | None = None,
+    ) -> None:
+        self.service = settings.service_name
+        self.level_number = settings.level_number
+        self.redactor = redactor
+        self._clock = _Clock()
+        self._lock = threading.Lock()
+        out: Any = stream if stream is not None else sys.stdout
+        self._binary: IO[bytes] | None = getattr(out, "buffer", None)
+        if self._binary is None and isinstance(out, io.BufferedIOBase | io.RawIOBase):
+            self._binary = cast(IO[bytes], out)
+        self._text: IO[str] | None = None if self._binary is not None else cast(IO[str], out)
+        self._console = settings.log_format == "console"
+        self._colors = self._console and bool(getattr(out, "isatty", lambda: False)())
+
+    # -- processing -------------------------------------------------------------------
+
+    def finalize(
+        self, level: str, event: EventDict, created: float | None = None
+    ) -> dict[str, Any]:
+        """Build the output record: SPEC fields first, caller fields, context, error."""
+        message = event.pop("event", "")
+        logger_name = event.pop("logger", None) or "root"
+        exc_info = event.pop("exc_info", None)
+        event.pop("_record", None)
+        event.pop("_from_structlog", None)
+        record: dict[str, Any] = {
+            "timestamp": self._clock.format(time.time() if created is None else created),
+            "level": level,
+            "service": self.service,
+            "logger": logger_name,
+            "message": message,
+        }
+        for key, value in event.items():
+            if key in _RESERVED:
+                key = "extra_" + key
+            record[key] = value
+        ctx = otel_trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            record["trace_id"] = format(ctx.trace_id, "032x")
+            record["span_id"] = format(ctx.span_id, "016x")
+        cid = _context.correlation_id.get()
+        if cid is not None:
+            record["correlation_id"] = cid
+        if exc_info:
+            error = _format_exception(exc_info)
+            if error is not None:
+                record["error"] = error
+        if self.redactor is not None:
+            self.redactor.redact_fields(record, _NOT_REDACTED)
+        return record
+
+    def render(self, record: dict[str, Any]) -> bytes:
+        if self._console:
+            return _render_console(record, self._colors).encode("utf-8", "replace")
+        try:
+            return orjson.dumps(record, default=_json_default, option=_JSON_OPTIONS)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            # e.g. an int beyond 64 bits: degrade that record, keep the line.
+            _errors.report("logs", "unserialisable_record", exc)
+            return orjson.dumps(_sanitize(record), default=str, option=_JSON_OPTIONS)
+
+    def write(self, line: bytes) -> None:
+        try:
+            with self._lock:
+                if self._binary is not None:
+                    self._binary.write(line)
+                    self._binary.flush()
+                else:
+                    assert self._text is not None
+                    self._text.write(line.decode("utf-8"))
+                    self._text.flush()
+        except (OSError, ValueError) as exc:  # closed or broken stream
+            _errors.report("logs", "write_failed", exc)
+        for tap in _TAPS:
+            tap(line)
+
+    def emit(self, level: str, event: EventDict, created: float | None = None) -> None:
+        """Process, render and write one record; never raises into the caller."""
+        if _IN_PIPELINE.get():
+            return
+        token = _IN_PIPELINE.set(True)
+        try:
+            self.write(self.render(self.finalize(level, event, created)))
+        except Exception as exc:
+            _errors.report("logs", "emit_failed", exc)
+        finally:
+            _IN_PIPELINE.reset(token)
+
+    # -- structlog glue ------------------------------------------------------------------
+
+    def structlog_processor(
+        self, logger: WrappedLogger, method_name: str, event: EventDict
+    ) -> bytes:
+        """The final structlog processor: returns the rendered line for :class:`_Writer`."""
+        if _IN_PIPELINE.get():
+            raise structlog.DropEvent
+        token = _IN_PIPELINE.set(True)
+        try:
+            if "logger" not in event:
+                event["logger"] = getattr(logger, "name", None)
+            level = _LEVEL_OF_METHOD.get(method_name, "info")
+            return self.render(self.finalize(level, event))
+        except Exception as exc:
+            _errors.report("logs", "emit_failed", exc)
+            raise structlog.DropEvent from None
+        finally:
+            _IN_PIPELINE.reset(token)
+
+    def structlog_config(self) -> dict[str, Any]:
+        """Keyword arguments for ``structlog.configure`` routing records here."""
+        return {
+            "processors": [structlog.contextvars.merge_contextvars, self.structlog_processor],
+            "wrapper_class": structlog.make_filtering_bound_logger(self.level_number),
+            "logger_factory": _WriterFactory(self),
+            "cache_logger_on_first_use": False,
+        }
+
+
+class _Writer:
+    """The structlog "wrapped logger": writes already-rendered lines."""
+
+    __slots__ = ("name", "_pipeline")
+
+    def __init__(self, pipeline: LogPipeline, name: str | None) -> None:
+        self._pipeline = pipeline
+        self.name = name
+
+    def msg(self, line: bytes) -> None:
+        self._pipeline.write(line)
+
+    debug = info = warning = warn = error = critical = fatal = exception = log = msg
+
+
+class _WriterFactory:
+    __slots__ = ("_pipeline",)
+
+    def __init__(self, pipeline: LogPipeline) -> None:
+        self._pipeline = pipeline
+
+    def __call__(self, *args: Any) -> _Writer:
+        name = args[0] if args and isinstance(args[0], str) else None
+        return _Writer(self._pipeline, name)
+
+
+# Attributes every LogRecord has; anything else came from ``extra=`` and is a field.
+_STD_RECORD_ATTRS = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
+)
+_STD_LEVELS = {10: "debug", 20: "info", 30: "warn", 40: "error", 50: "fatal"}
+
+
+def _stdlib_level(levelno: int) -> str:
+    level = _STD_LEVELS.get(levelno)
+    if level is not None:
+        return level
+    if levelno < 20:
+        return "debug"
+    if levelno < 30:
+        return "info"
+    if levelno < 40:
+        return "warn"
+    return "error" if levelno < 50 else "fatal"
+
+
+class StdlibHandler(logging.Handler):
+    """A ``logging`` handler that sends records through the devkit pipeline."""
+
+    def __init__(self, pipeline: LogPipeline) -> None:
+        super().__init__(pipeline.level_number)
+        self.pipeline = pipeline
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception as exc:  # bad %-args must not lose the record
+            _errors.report("logs", "bad_format_args", exc)
+            message = f"{record.msg!s} (unformattable arguments {record.args!r})"
+        event: dict[str, Any] = {"event": message, "logger": record.name}
+        for key, value in record.__dict__.items():
+            if key not in _STD_RECORD_ATTRS and key not in _DROPPED_EXTRAS and key[:1] != "_":
+                event[key] = value
+        structlog.contextvars.merge_contextvars(None, "", event)
+        if record.exc_info and record.exc_info[0] is not None:
+            event["exc_info"] = record.exc_info
+        self.pipeline.emit(_stdlib_level(record.levelno), event, record.created)
+
+
+# Loggers that servers configure with their own handlers; devkit routes them to root.
+_SERVER_LOGGERS = (
+    "uvicorn",
+    "uvicorn.error",
+    "uvicorn.access",
+    "gunicorn",
+    "gunicorn.error",
+    "gunicorn.access",
+)
+# Servers' own access logs duplicate devkit's ``request completed`` record (and would log
+# probes and scrapes): silenced while devkit is installed.
+_ACCESS_LOGGERS = ("uvicorn.access", "gunicorn.access")
+# Extras servers add for their own formatters; noise in JSON.
+_DROPPED_EXTRAS = frozenset({"color_message"})
+
+
+class Installation:
+    """What :func:`install` changed in global state, so :meth:`undo` can restore it."""
+
+    def __init__(self, pipeline: LogPipeline) -> None:
+        self.pipeline = pipeline
+        self.handler = StdlibHandler(pipeline)
+        root = logging.getLogger()
+        self._root_state = (list(root.handlers), root.level)
+        self._server_state = {
+            name: (list(lg.handlers), lg.propagate, lg.disabled)
+            for name in _SERVER_LOGGERS
+            for lg in [logging.getLogger(name)]
+        }
+        self._showwarning = warnings.showwarning
+
+    def apply(self) -> None:
+        structlog.configure(**self.pipeline.structlog_config())
+        root = logging.getLogger()
+        root.handlers = [self.handler]
+        root.setLevel(self.pipeline.level_number)
+        for name in _SERVER_LOGGERS:
+            lg = logging.getLogger(name)
+            lg.handlers = []
+            lg.propagate = True
+            lg.disabled = name in _ACCESS_LOGGERS
+        logging.captureWarnings(True)
+
+    def undo(self) -> None:
+        logging.captureWarnings(False)
+        warnings.showwarning = self._showwarning
+        root = logging.getLogger()
+        handlers, level = self._root_state
+        root.handlers = handlers
+        root.setLevel(level)
+        for name, (server_handlers, propagate, disabled) in self._server_state.items():
+            lg = logging.getLogger(name)
+            lg.handlers = server_handlers
+            lg.propagate = propagate
+            lg.disabled = disabled
+        structlog.reset_defaults()
+        self.handler.close()
+
+
+def install(pipeline: LogPipeline) -> Installation:
+    """Route structlog and the stdlib root logger through ``pipeline``."""
+    installation = Installation(pipeline)
+    installation.apply()
+    return installation
+
+
+def get_logger(name: str | None = None, **initial_values: Any) -> FilteringBoundLogger:
+    """A structlog logger writing through devkit's pipeline (configured by ``init()``).
+
+    Safe to call at import time, before ``init()``: the logger binds lazily on use.
+    """
+    return cast(FilteringBoundLogger, structlog.get_logger(name, **initial_values))
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+_ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+def _format_exception(exc_info: object) -> dict[str, str] | None:
+    info: tuple[Any, Any, Any]
+    if isinstance(exc_info, BaseException):
+        info = (type(exc_info), exc_info, exc_info.__traceback__)
+    elif isinstance(exc_info, tuple) and len(exc_info) == 3:
+        info = exc_info
+    else:
+        info = sys.exc_info()
+    exc_type, exc, tb = info
+    if not isinstance(exc, BaseException):
+        return None
+    exc_type = type(exc)
+    module = exc_type.__module__
+    type_name = (
+        exc_type.__qualname__ if module == "builtins" else f"{module}.{exc_type.__qualname__}"
+    )
+    try:
+        text = str(exc)
+    except Exception:
+        text = f"<unprintable {type_name}>"
+    stack = "".join(traceback.format_exception(exc_type, exc, tb))
+    if len(stack) > _MAX_STACK_CHARS:
+        stack = "...(truncated)\n" + stack[-_MAX_STACK_CHARS:]
+    return {"type": type_name, "message": text, "stack": stack}
+
+
+def _sanitize(value: object) -> object:
+    """A JSON-safe copy: integers beyond 64 bits become strings, containers are walked."""
+    if isinstance(value, dict):
+        return {str(k): _sanitize(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_sanitize(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return str(value)
+    return value
+
+
+def _json_default(value: object) -> object:
+    # Redaction already turned unknown objects into strings; this is the last resort.
+    try:
+        return str(value)
+    except Exception:
+        return f"<unrepresentable {type(value).__name__}>"
+
+
+_COLORS = {
+    "debug": "\x1b[2m",
+    "info": "\x1b[32m",
+    "warn": "\x1b[33m",
+    "error": "\x1b[31m",
+    "fatal": "\x1b[1;31m",
+}
+
+
+def _render_console(record: MutableMapping[str, Any], colors: bool) -> str:
+    """A compact human format for a developer's terminal."""
+    level = str(record.get("level", "info"))
+    head = f"{str(record.get('timestamp', ''))[11:23]} {level.upper():5} "
+    if colors:
+        head = f"\x1b[2m{head[:13]}\x1b[0m{_COLORS.get(level, '')}{head[13:]}\x1b[0m"
+    parts = [f"{head}[{record.get('logger')}] {record.get('message')}"]
+    for key, value in record.items():
+        if key in ("timestamp", "level", "service", "logger", "message", "error"):
+            continue
+        parts.append(f"{key}={value}")
+    line = " ".join(parts)
+    error = record.get("error")
+    if isinstance(error, dict):
+        line += "\n" + str(error.get("stack", "")).rstrip("\n")
+    return line + "\n"

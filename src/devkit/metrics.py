@@ -1,0 +1,375 @@
+"""RED metrics on an injected registry, exposition with content negotiation, exemplars.
+
+Cardinality is bounded by construction: ``route`` is a route template or
+``<unmatched>``, ``method`` is one of the standard methods or ``_OTHER``, and
+``status_code`` is an integer in 100..599. Label children are cached per
+``(method, route, status_code)`` so a request pays for two increments and one
+observation, not for label resolution.
+
+Exemplars (``{trace_id="<32 hex>"}``) are attached only for traces the sampler kept, so a
+dashboard's exemplar always links to a trace that exists. prometheus-client drops
+exemplars in multiprocess mode (client_python#648); :class:`ExemplarStore` keeps the
+latest exemplar per series in each process, persists it next to the multiprocess files
+and merges them at scrape time, so gunicorn workers keep their exemplars too.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar, Sample
+
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "STANDARD_METHODS",
+    "UNMATCHED",
+    "ExemplarStore",
+    "RedMetrics",
+    "exposition",
+    "multiprocess_dir",
+]
+
+UNMATCHED = "<unmatched>"
+STANDARD_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+#: prometheus-client's defaults plus 0.3 s, the default latency SLO.
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
+_MAX_CACHED_CHILDREN = 10_000
+_EXEMPLAR_FILE_PREFIX = "devkit-exemplars-"
+_EXEMPLAR_FLUSH_INTERVAL_S = 1.0
+_EXEMPLAR_MAX_AGE_S = 3600.0
+
+
+def multiprocess_dir() -> str | None:
+    """The prometheus-client multiprocess directory, when the process runs in that mode."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def buckets_for(slow_threshold_s: float) -> tuple[float, ...]:
+    """Default buckets with the slow threshold added, so 'slower than slow' is exact."""
+    return tuple(sorted(set(DEFAULT_BUCKETS) | {round(slow_threshold_s, 6)}))
+
+
+class ExemplarStore:
+    """Latest exemplar per series, kept in-process and persisted in multiprocess mode."""
+
+    def __init__(self, directory: str | None) -> None:
+        self._directory = directory
+        self._lock = threading.Lock()
+        self._latest: dict[str, list[Any]] = {}
+        self._dirty = False
+        self._last_flush = 0.0
+
+    def record(self, key: str, trace_id: str, value: float) -> None:
+        now = time.time()
+        with self._lock:
+            self._latest[key] = [trace_id, value, now]
+            self._dirty = True
+            due = (
+                self._directory is not None and now - self._last_flush >= _EXEMPLAR_FLUSH_INTERVAL_S
+            )
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write this process's exemplars next to the multiprocess files (atomic rename)."""
+        if self._directory is None:
+            return
+        with self._lock:
+            if not self._dirty:
+                return
+            payload = orjson.dumps(self._latest)
+            self._dirty = False
+            self._last_flush = time.time()
+        path = os.path.join(self._directory, f"{_EXEMPLAR_FILE_PREFIX}{os.getpid()}.json")
+        tmp = path + ".tmp"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(payload)
+            os.replace(tmp, path)
+        except OSError:
+            from devkit import _errors
+
+            _errors.report("metrics", "exemplar_write_failed")
+
+    def merged(self) -> dict[str, list[Any]]:
+        """Every process's latest exemplar per series (the newest wins)."""
+        with self._lock:
+            result = dict(self._latest)
+        if self._directory is None:
+            return result
+        now = time.time()
+        for path in glob.glob(os.path.join(self._directory, _EXEMPLAR_FILE_PREFIX + "*.json")):
+            try:
+                if now - os.path.getmtime(path) > _EXEMPLAR_MAX_AGE_S:
+                    os.remove(path)
+                    continue
+                with open(path, "rb") as fh:
+                    data = orjson.loads(fh.read())
+            except (OSError, orjson.JSONDecodeError):
+                continue
+            for key, entry in data.items():
+                if key not in result or entry[2] > result[key][2]:
+                    result[key] = entry
+        return result
+
+
+def _series_key(name: str, labels: dict[str, str]) -> str:
+    return name + "|" + "|".join(f"{k}={labels[k]}" for k in sorted(labels))
+
+
+class RedMetrics:
+    """The RED metrics of HTTP requests, registered on an injected registry."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        buckets: Sequence[float] = DEFAULT_BUCKETS,
+        exemplars: ExemplarStore | None = None,
+    ) -> None:
+        self.registry = registry
+        self.multiprocess = multiprocess_dir() is not None
+        labels = ("method", "route", "status_code")
+        self.requests = Counter(
+            "http_requests_total", "HTTP requests served.", labels, registry=registry
+        )
+        self.errors = Counter(
+            "http_requests_errors_total",
+            "HTTP requests that failed: 5xx responses and unhandled exceptions (as 500).",
+            labels,
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "http_request_duration_seconds",
+            "Time from request start to the end of the response.",
+            labels,
+            buckets=buckets,
+            registry=registry,
+        )
+        self.in_progress = Gauge(
+            "http_requests_in_progress",
+            "HTTP requests being served.",
+            ("method",),
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.loop_lag = Histogram(
+            "devkit_event_loop_lag_seconds",
+            "Delay of a timer on the server's asyncio event loop (saturation).",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=registry,
+        )
+        self.internal_errors = Counter(
+            "devkit_internal_errors_total",
+            "Failures inside devkit that were counted instead of raised.",
+            ("component", "reason"),
+            registry=registry,
+        )
+        self.spans_dropped = Counter(
+            "devkit_spans_dropped_total",
+            "Spans dropped by devkit's bounded buffers.",
+            ("reason",),
+            registry=registry,
+        )
+        self.traces_sampled = Counter(
+            "devkit_traces_sampled_total",
+            "Tail-sampling decisions by outcome.",
+            ("decision",),
+            registry=registry,
+        )
+        self._upper_bounds = [*sorted(buckets), float("inf")]
+        self._exemplars = exemplars if exemplars is not None else ExemplarStore(multiprocess_dir())
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._in_progress_children: dict[str, Any] = {}
+        self._collectors: list[Collector] = [
+            self.requests,
+            self.errors,
+            self.duration,
+            self.in_progress,
+            self.loop_lag,
+            self.internal_errors,
+            self.spans_dropped,
+            self.traces_sampled,
+        ]
+
+    @property
+    def exemplars(self) -> ExemplarStore:
+        return self._exemplars
+
+    def in_progress_child(self, method: str) -> Any:
+        child = self._in_progress_children.get(method)
+        if child is None:
+            child = self.in_progress.labels(method)
+            self._in_progress_children[method] = child
+        return child
+
+    def observe(
+        self,
+        method: str,
+        route: str,
+        status_code: int,
+        duration_s: float,
+        error: bool,
+        trace_id: str | None,
+    ) -> None:
+        """Record one finished request; ``trace_id`` only when the trace was kept."""
+        key = (method, route, status_code)
+        children = self._children.get(key)
+        if children is None:
+            status = str(status_code)
+            children = (
+                self.requests.labels(method, route, status),
+                self.duration.labels(method, route, status),
+                self.errors.labels(method, route, status),
+            )
+            if len(self._children) < _MAX_CACHED_CHILDREN:
+                self._children[key] = children
+        requests, duration, errors = children
+        if trace_id is None:
+            requests.inc()
+            duration.observe(duration_s)
+        else:
+            exemplar = {"trace_id": trace_id}
+            requests.inc(1, exemplar)
+            duration.observe(duration_s, exemplar)
+            if self.multiprocess:
+                self._record_multiprocess_exemplars(
+                    method, route, status_code, duration_s, trace_id
+                )
+        if error:
+            errors.inc()
+
+    def _record_multiprocess_exemplars(
+        self, method: str, route: str, status_code: int, duration_s: float, trace_id: str
+    ) -> None:
+        labels = {"method": method, "route": route, "status_code": str(status_code)}
+        self._exemplars.record(_series_key("http_requests_total", labels), trace_id, 1.0)
+        for bound in self._upper_bounds:
+            if duration_s <= bound:
+                le = _float_to_go(bound)
+                self._exemplars.record(
+                    _series_key("http_request_duration_seconds_bucket", {**labels, "le": le}),
+                    trace_id,
+                    duration_s,
+                )
+                break
+
+    def count_internal_error(self, component: str, reason: str) -> None:
+        self.internal_errors.labels(component, reason).inc()
+
+    def count_dropped_spans(self, reason: str, n: int = 1) -> None:
+        self.spans_dropped.labels(reason).inc(n)
+
+    def count_trace_decision(self, decision: str) -> None:
+        self.traces_sampled.labels(decision).inc()
+
+    def unregister(self) -> None:
+        for collector in self._collectors:
+            try:
+                self.registry.unregister(collector)
+            except KeyError:
+                pass
+
+
+def _float_to_go(value: float) -> str:
+    from prometheus_client.utils import floatToGoString
+
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+
+
+class _MultiprocessExemplarCollector(Collector):
+    """Aggregates every worker's samples and re-attaches the workers' exemplars."""
+
+    def __init__(self, directory: str, store: ExemplarStore) -> None:
+        self._inner = MultiProcessCollector(None, directory)  # type: ignore[no-untyped-call]
+        self._store = store
+
+    def collect(self) -> Iterable[Metric]:
+        self._store.flush()
+        exemplars = self._store.merged()
+        for metric in self._inner.collect():  # type: ignore[no-untyped-call]
+            if exemplars and metric.name in ("http_requests", "http_request_duration_seconds"):
+                metric.samples = [self._attach(s, exemplars) for s in metric.samples]
+            yield metric
+
+    @staticmethod
+    def _attach(sample: Sample, exemplars: dict[str, list[Any]]) -> Sample:
+        entry = exemplars.get(_series_key(sample.name, sample.labels))
+        if entry is None:
+            return sample
+        trace_id, value, ts = entry
+        return sample._replace(exemplar=Exemplar({"trace_id": trace_id}, value, ts))
+
+
+def scrape_registry(default: CollectorRegistry, store: ExemplarStore | None) -> Collector:
+    """What ``/metrics`` serves: the registry, or in multiprocess mode every worker merged."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return default
+    registry = CollectorRegistry()
+    registry.register(_MultiprocessExemplarCollector(directory, store or ExemplarStore(directory)))
+    return registry
+
+
+def exposition(registry: Collector, accept: str | None) -> tuple[bytes, str]:
+    """Render ``registry`` in the format the scraper asked for: (body, content type).
+
+    OpenMetrics (with exemplars) when ``accept`` asks for ``application/openmetrics-text``,
+    the classic text format otherwise.
+    """
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
+
+
+def mark_process_dead(pid: int) -> None:
+    """Remove a dead worker's live gauges and exemplars (gunicorn ``child_exit`` hook)."""
+    from prometheus_client import multiprocess
+
+    directory = multiprocess_dir()
+    if directory is None:
+        return
+    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+    try:
+        os.remove(os.path.join(directory, f"{_EXEMPLAR_FILE_PREFIX}{pid}.json"))
+    except FileNotFoundError:
+        pass
+
+
+def iter_samples(registry: Collector, name: str) -> Iterator[Sample]:
+    """Every sample called ``name`` (helper for tests and ``devkit.testing``)."""
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name == name:
+                yield sample
+
+
+Listener = Callable[[str, str], None]

@@ -1,0 +1,227 @@
+"""Pure ASGI middleware: correlation, server span, RED metrics, access log, probes, /metrics.
+
+No ``BaseHTTPMiddleware``: the request runs in the server's task, so context variables
+set by the app are visible here and nothing runs in an extra task group. Per-request
+state lives in locals; the status code is read by wrapping ``send``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+from devkit import _errors, _state
+from devkit.metrics import exposition, scrape_registry
+from devkit.middleware._common import ACTIVE_KEY, ROUTE_KEY, Instruments
+
+__all__ = ["ASGIMiddleware", "asgi"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_CID_HEADER = b"x-correlation-id"
+_REQUEST_ID_HEADER = b"x-request-id"
+_WANTED = frozenset({b"traceparent", b"tracestate", b"baggage", _CID_HEADER, _REQUEST_ID_HEADER})
+_NO_VALUES: Sequence[str] = ()
+
+
+def route_of(scope: Scope) -> str | None:
+    """The route template the framework matched, or None (-> ``<unmatched>``)."""
+    explicit = scope.get(ROUTE_KEY)
+    if explicit is not None:
+        return str(explicit)
+    route = scope.get("route")
+    if route is None:
+        return None
+    template: object = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if not isinstance(template, str):
+        return None
+    # A Mount whose app has no router of its own (static files) keeps the Mount's
+    # template, "/static/{path}"; a routed mount was replaced by the inner route.
+    # Starlette mounts extend root_path with the mount prefix; keep it in the template.
+    root: str = scope.get("root_path", "")
+    app_root: str = scope.get("app_root_path", root)
+    if root != app_root and root.startswith(app_root):
+        return root[len(app_root) :] + template
+    return template
+
+
+class ASGIMiddleware:
+    """devkit's instrumentation for any ASGI 3 application.
+
+    Usable explicitly (``app = devkit.ASGIMiddleware(app)``) and installed automatically
+    around Starlette and FastAPI apps by ``init()``. When both are present, the outer
+    layer does the work and inner layers pass through: a request is counted once.
+    """
+
+    __slots__ = ("app", "_instruments", "_loop_started")
+
+    def __init__(self, app: ASGIApp, instruments: Instruments | None = None) -> None:
+        self.app = app
+        self._instruments = instruments
+        self._loop_started = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type != "http":
+            if scope_type == "lifespan":
+                await self._lifespan(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        inst = self._instruments or _current_instruments()
+        if inst is None or ACTIVE_KEY in scope:
+            await self.app(scope, receive, send)
+            return
+        scope[ACTIVE_KEY] = True
+        if not self._loop_started:
+            self._start_loop_monitors(inst)
+
+        path: str = scope["path"]
+        if path == inst.metrics_path:
+            await _serve_metrics(inst, scope, send)
+            return
+        if path.startswith(inst.health_prefix):
+            kind = inst.probes.get(path)
+            if kind is not None:
+                await _serve_probe(inst, kind, send)
+                return
+
+        headers: dict[bytes, list[str]] = {}
+        for name, value in scope.get("headers", ()):
+            if name in _WANTED:
+                headers.setdefault(name, []).append(value.decode("latin-1"))
+        cid_values = headers.get(_CID_HEADER) or headers.get(_REQUEST_ID_HEADER)
+        inbound_cid = cid_values[0] if cid_values and len(cid_values) == 1 else None
+
+        def get_header(name: str) -> Sequence[str]:
+            return headers.get(name.encode("latin-1"), _NO_VALUES)
+
+        query = scope.get("query_string", b"")
+        ex = inst.begin(
+            scope["method"],
+            scope.get("scheme", "http"),
+            path,
+            query.decode("latin-1") if query else "",
+            inbound_cid,
+            get_header,
+        )
+        cid_header = (_CID_HEADER, ex.cid.encode("ascii"))
+        status = 0
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), cid_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except BaseException as exc:
+            inst.finish(ex, route_of(scope), status, exc)
+            raise
+        inst.finish(ex, route_of(scope), status, None)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass lifespan through; mark startup complete / begin the drain on its messages."""
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                inst = self._instruments or _current_instruments()
+                if inst is not None:
+                    self._start_loop_monitors(inst)
+                    if inst.health is not None:
+                        inst.health.mark_started()
+            await send(message)
+
+        async def receive_wrapper() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                inst = self._instruments or _current_instruments()
+                if inst is not None and inst.health is not None:
+                    inst.health.begin_shutdown()
+            return message
+
+        await self.app(scope, receive_wrapper, send_wrapper)
+
+    def _start_loop_monitors(self, inst: Instruments) -> None:
+        self._loop_started = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        from devkit import _loop
+
+        _loop.attach(loop, inst)
+
+
+def _current_instruments() -> Instruments | None:
+    runtime = _state.current()
+    return runtime.instruments if runtime is not None else None
+
+
+async def _serve_metrics(inst: Instruments, scope: Scope, send: Send) -> None:
+    accept = ""
+    for name, value in scope.get("headers", ()):
+        if name == b"accept":
+            accept = value.decode("latin-1")
+    try:
+        registry = (
+            scrape_registry(inst.metrics.registry, inst.metrics.exemplars)
+            if inst.metrics is not None
+            else None
+        )
+        if registry is None:
+            body, content_type, status = b"metrics disabled\n", "text/plain", 404
+        else:
+            body, content_type = exposition(registry, accept)
+            status = 200
+    except Exception as exc:
+        _errors.report("metrics", "exposition_failed", exc)
+        body, content_type, status = b"exposition failed\n", "text/plain", 500
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type.encode("latin-1")),
+                (b"content-length", str(len(body)).encode("ascii")),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _serve_probe(inst: Instruments, kind: str, send: Send) -> None:
+    if inst.health is None:
+        body, status = b'{"status":"fail","checks":{}}', 503
+    else:
+        try:
+            result = await inst.health.evaluate_async(kind)
+            body, status = result.body(), result.http_status
+        except Exception as exc:
+            _errors.report("health", "probe_failed", exc)
+            body, status = b'{"status":"fail","checks":{}}', 503
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode("ascii")),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def asgi(app: ASGIApp) -> ASGIMiddleware:
+    """Wrap an ASGI application with devkit's middleware (the explicit alternative)."""
+    return ASGIMiddleware(app)

@@ -1,0 +1,234 @@
+"""WSGI middleware: the same single pass as the ASGI one, for Flask and other WSGI apps.
+
+Timing and the server span end when the server closes the response iterable, not when
+the app returns it, so streamed bodies are measured whole. Each request runs in a fresh
+copy of the context: a field an app binds with ``structlog.contextvars`` in request A
+cannot be seen by request B on the same worker thread.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any
+
+from devkit import _errors, _state
+from devkit.metrics import exposition, scrape_registry
+from devkit.middleware._common import (
+    ACTIVE_KEY,
+    CORRELATION_HEADER,
+    ROUTE_KEY,
+    Exchange,
+    Instruments,
+)
+
+__all__ = ["WSGIMiddleware", "wsgi"]
+
+Environ = dict[str, Any]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+StartResponse = Callable[..., Callable[[bytes], object]]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+_HEADER_KEYS = {
+    "traceparent": "HTTP_TRACEPARENT",
+    "tracestate": "HTTP_TRACESTATE",
+    "baggage": "HTTP_BAGGAGE",
+}
+_NO_VALUES: Sequence[str] = ()
+
+
+class WSGIMiddleware:
+    """devkit's instrumentation for any WSGI application.
+
+    Usable explicitly (``app.wsgi_app = devkit.WSGIMiddleware(app.wsgi_app)``) and
+    installed automatically around Flask apps by ``init()``; nested layers pass through.
+    """
+
+    __slots__ = ("app", "_instruments")
+
+    def __init__(self, app: WSGIApp, instruments: Instruments | None = None) -> None:
+        self.app = app
+        self._instruments = instruments
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        inst = self._instruments or _current_instruments()
+        if inst is None or ACTIVE_KEY in environ:
+            return self.app(environ, start_response)
+        environ[ACTIVE_KEY] = True
+        path: str = environ.get("PATH_INFO", "") or "/"
+        if path == inst.metrics_path:
+            return _serve_metrics(inst, environ, start_response)
+        if path.startswith(inst.health_prefix):
+            kind = inst.probes.get(path)
+            if kind is not None:
+                return _serve_probe(inst, kind, start_response)
+        ctx = contextvars.copy_context()
+        return ctx.run(self._call, ctx, inst, environ, start_response)
+
+    def _call(
+        self,
+        ctx: contextvars.Context,
+        inst: Instruments,
+        environ: Environ,
+        start_response: StartResponse,
+    ) -> Iterable[bytes]:
+        def get_header(name: str) -> Sequence[str]:
+            value = environ.get(_HEADER_KEYS[name])
+            return (value,) if value else _NO_VALUES
+
+        inbound = environ.get("HTTP_X_CORRELATION_ID") or environ.get("HTTP_X_REQUEST_ID")
+        ex = inst.begin(
+            environ.get("REQUEST_METHOD", "GET"),
+            environ.get("wsgi.url_scheme", "http"),
+            path_of(environ),
+            environ.get("QUERY_STRING", ""),
+            inbound,
+            get_header,
+        )
+        cid_header = (CORRELATION_HEADER, ex.cid)
+
+        def start_response_wrapper(
+            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            try:
+                ex.status = int(status[:3])
+            except ValueError:
+                ex.status = 500
+            headers.append(cid_header)
+            if exc_info is not None:
+                return start_response(status, headers, exc_info)
+            return start_response(status, headers)
+
+        try:
+            body = self.app(environ, start_response_wrapper)
+        except BaseException as exc:
+            inst.finish(ex, environ.get(ROUTE_KEY), ex.status, exc)
+            raise
+        return _ClosingBody(body, ctx, inst, ex, environ)
+
+
+def path_of(environ: Environ) -> str:
+    path = environ.get("PATH_INFO", "") or "/"
+    return str(path)
+
+
+class _ClosingBody:
+    """Iterates the app's body in the request's context; ``close`` finishes the request."""
+
+    __slots__ = ("_body", "_iter", "_ctx", "_inst", "_ex", "_environ", "_done", "_error")
+
+    def __init__(
+        self,
+        body: Iterable[bytes],
+        ctx: contextvars.Context,
+        inst: Instruments,
+        ex: Exchange,
+        environ: Environ,
+    ) -> None:
+        self._body = body
+        self._iter: Iterator[bytes] | None = None
+        self._ctx = ctx
+        self._inst = inst
+        self._ex = ex
+        self._environ = environ
+        self._done = False
+        self._error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._iter is None:
+            self._iter = iter(self._body)
+        try:
+            return self._ctx.run(next, self._iter)
+        except StopIteration:
+            raise
+        except BaseException as exc:
+            self._error = exc
+            raise
+
+    def close(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                self._ctx.run(close)
+        finally:
+            self._ctx.run(
+                self._inst.finish,
+                self._ex,
+                self._environ.get(ROUTE_KEY),
+                self._ex.status,
+                self._error,
+            )
+
+    def __del__(self) -> None:
+        # A server that never calls close() must not leak the in-progress gauge.
+        if not self._done:
+            try:
+                self.close()
+            except Exception:
+                pass
+
+
+def _current_instruments() -> Instruments | None:
+    runtime = _state.current()
+    return runtime.instruments if runtime is not None else None
+
+
+def _serve_metrics(
+    inst: Instruments, environ: Environ, start_response: StartResponse
+) -> Iterable[bytes]:
+    try:
+        if inst.metrics is None:
+            body, content_type, status = b"metrics disabled\n", "text/plain", "404 Not Found"
+        else:
+            registry = scrape_registry(inst.metrics.registry, inst.metrics.exemplars)
+            body, content_type = exposition(registry, environ.get("HTTP_ACCEPT"))
+            status = "200 OK"
+    except Exception as exc:
+        _errors.report("metrics", "exposition_failed", exc)
+        body, content_type, status = (
+            b"exposition failed\n",
+            "text/plain",
+            "500 Internal Server Error",
+        )
+    start_response(
+        status,
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ],
+    )
+    return [body]
+
+
+def _serve_probe(inst: Instruments, kind: str, start_response: StartResponse) -> Iterable[bytes]:
+    if inst.health is None:
+        body, code = b'{"status":"fail","checks":{}}', 503
+    else:
+        try:
+            result = inst.health.evaluate(kind)
+            body, code = result.body(), result.http_status
+        except Exception as exc:
+            _errors.report("health", "probe_failed", exc)
+            body, code = b'{"status":"fail","checks":{}}', 503
+    start_response(
+        "200 OK" if code == 200 else "503 Service Unavailable",
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ],
+    )
+    return [body]
+
+
+def wsgi(app: WSGIApp) -> WSGIMiddleware:
+    """Wrap a WSGI application with devkit's middleware (the explicit alternative)."""
+    return WSGIMiddleware(app)

@@ -1,0 +1,208 @@
+"""Off-request-path span export: a bounded queue drained by one background thread.
+
+devkit owns this instead of the SDK's ``BatchSpanProcessor`` because the tail sampler
+keeps traces whose *sampled* flag is unset (errors, slow requests), which that processor
+would discard. The queue is bounded (a dead collector drops and counts, never grows
+memory, never blocks a request), export runs with instrumentation suppressed (exporting
+is never traced), span attributes are redacted here — only for the spans actually
+exported — and the worker thread is re-created lazily in a forked child (gunicorn
+workers forked after ``init()`` export too, and ``--preload`` cannot deadlock on a lock
+inherited from the parent).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from opentelemetry.context import (
+    _SUPPRESS_INSTRUMENTATION_KEY,
+    attach,
+    detach,
+    set_value,
+)
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from devkit import _errors
+
+__all__ = ["BatchExporter"]
+
+Count = Callable[[str, int], None]
+Redact = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+_instances: weakref.WeakSet[BatchExporter] = weakref.WeakSet()
+_fork_hook_registered = False
+
+
+def _after_fork_in_child() -> None:
+    for exporter in list(_instances):
+        exporter._reinit_after_fork()
+
+
+class BatchExporter:
+    """Queues spans and exports them in batches from a daemon thread."""
+
+    def __init__(
+        self,
+        exporter: SpanExporter,
+        *,
+        max_queue_size: int = 8192,
+        max_batch_size: int = 512,
+        schedule_delay_s: float = 1.0,
+        export_timeout_s: float = 10.0,
+        redact: Redact | None = None,
+        on_drop: Count | None = None,
+    ) -> None:
+        global _fork_hook_registered
+        self._exporter = exporter
+        self._max_queue = max_queue_size
+        self._max_batch = max_batch_size
+        self._delay = schedule_delay_s
+        self._export_timeout = export_timeout_s
+        self._redact = redact
+        self._on_drop = on_drop or (lambda reason, n: None)
+        self._init_state()
+        _instances.add(self)
+        if not _fork_hook_registered:
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _fork_hook_registered = True
+
+    def _init_state(self) -> None:
+        self._queue: collections.deque[ReadableSpan] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._closed = False
+        self._exporting = 0
+
+    def _reinit_after_fork(self) -> None:
+        # The parent's thread does not exist here and its lock may be held: start over.
+        # Spans queued in the parent belong to the parent, which exports them itself.
+        self._init_state()
+
+    # -- producer side (request path) ----------------------------------------------------
+
+    def __call__(self, spans: Sequence[ReadableSpan]) -> None:
+        """Queue ``spans`` for export; never blocks, drops and counts when full."""
+        if self._closed:
+            self._on_drop("exporter_closed", len(spans))
+            return
+        with self._cond:
+            room = self._max_queue - len(self._queue)
+            if room < len(spans):
+                self._on_drop("export_queue_full", len(spans) - max(room, 0))
+                spans = spans[: max(room, 0)]
+            self._queue.extend(spans)
+            if self._thread is None:
+                self._start_locked()
+            if len(self._queue) >= self._max_batch:
+                self._cond.notify()
+
+    def _start_locked(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="devkit-span-export", daemon=True)
+        self._thread.start()
+
+    # -- consumer side ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if len(self._queue) < self._max_batch and not self._closed:
+                    self._cond.wait(self._delay)
+                if self._closed and not self._queue:
+                    self._cond.notify_all()
+                    return
+                size = min(self._max_batch, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(size)]
+                self._exporting += len(batch)
+            try:
+                if batch:
+                    self._export(batch)
+            finally:
+                with self._cond:
+                    self._exporting -= len(batch)
+                    self._cond.notify_all()
+
+    def _export(self, batch: list[ReadableSpan]) -> None:
+        if self._redact is not None:
+            batch = [self._redacted(span) for span in batch]
+        token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        try:
+            result = self._exporter.export(batch)
+        except Exception as exc:
+            # Not re-raised even under devkit's tests: this is the export thread.
+            _errors.report("exporter", "export_raised", detail=f"{type(exc).__name__}: {exc}")
+            self._on_drop("export_failed", len(batch))
+        else:
+            if result is not SpanExportResult.SUCCESS:
+                _errors.report("exporter", "export_failed")
+                self._on_drop("export_failed", len(batch))
+        finally:
+            detach(token)
+
+    def _redacted(self, span: ReadableSpan) -> ReadableSpan:
+        assert self._redact is not None
+        try:
+            attributes = self._redact(span.attributes or {})
+            events = [
+                Event(e.name, self._redact(e.attributes or {}), e.timestamp) for e in span.events
+            ]
+            return ReadableSpan(
+                name=span.name,
+                context=span.context,
+                parent=span.parent,
+                resource=span.resource,
+                attributes=attributes,
+                events=events,
+                links=span.links,
+                kind=span.kind,
+                status=span.status,
+                start_time=span.start_time,
+                end_time=span.end_time,
+                instrumentation_scope=span.instrumentation_scope,
+            )
+        except Exception as exc:
+            _errors.report("exporter", "redaction_failed", exc)
+            return span
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue) + self._exporting
+
+    def force_flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything queued before the call was exported (or the timeout)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            if self._thread is None and self._queue:
+                self._start_locked()
+            self._cond.notify_all()
+            while self._queue or self._exporting:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.notify_all()
+                self._cond.wait(min(remaining, 0.05))
+        return True
+
+    def shutdown(self, timeout_s: float = 10.0) -> bool:
+        flushed = self.force_flush(timeout_s)
+        with self._cond:
+            self._closed = True
+            lost = len(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        if lost:
+            self._on_drop("shutdown_timeout", lost)
+        try:
+            self._exporter.shutdown()
+        except Exception as exc:
+            _errors.report("exporter", "shutdown_failed", exc)
+        return flushed

@@ -1,0 +1,325 @@
+"""TracerProvider, resource, exporters, propagators and instrumentors, built from Settings.
+
+OpenTelemetry's global tracer provider can be set only once per process. devkit sets a
+:class:`ProxyTracerProvider` once and re-points it at each ``init()``, so ``shutdown()``
+followed by ``init()`` (tests, reloaders) works and tracers handed out earlier follow.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
+from opentelemetry.trace import Link, NoOpTracerProvider, Span, SpanKind, Tracer
+from opentelemetry.util.types import Attributes
+
+from devkit import _errors
+from devkit.config import Settings
+from devkit.exceptions import ConfigError
+from devkit.tracing.export import BatchExporter
+from devkit.tracing.sampling import ErrorBiasedSampler, SamplingLimits, TailSamplingProcessor
+
+__all__ = ["ProxyTracerProvider", "Tracing", "build_tracing", "proxy_provider"]
+
+# Instrumentors for what devkit's own middleware already covers (no double server spans).
+_SKIPPED_INSTRUMENTORS = frozenset(
+    {
+        "asgi",
+        "wsgi",
+        "fastapi",
+        "starlette",
+        "flask",
+        "django",
+        "tornado",
+        "falcon",
+        "pyramid",
+        "aiohttp-server",
+        "logging",
+    }
+)
+Count = Callable[[str, int], None]
+
+
+class _ProxyTracer(Tracer):
+    """A tracer that follows the provider the proxy currently points at."""
+
+    def __init__(self, proxy: ProxyTracerProvider, args: tuple[Any, ...], kwargs: dict[str, Any]):
+        self._proxy = proxy
+        self._args = args
+        self._kwargs = kwargs
+        self._generation = -1
+        self._tracer: Tracer = trace.NoOpTracer()
+
+    def _current(self) -> Tracer:
+        if self._generation != self._proxy.generation:
+            self._tracer = self._proxy.delegate.get_tracer(*self._args, **self._kwargs)
+            self._generation = self._proxy.generation
+        return self._tracer
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        return self._current().start_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+        )
+
+    @contextmanager
+    def start_as_current_span(  # type: ignore[override]
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[Span]:
+        with self._current().start_as_current_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+            end_on_exit,
+        ) as span:
+            yield span
+
+
+class ProxyTracerProvider(trace.TracerProvider):
+    """The process-global provider devkit installs once and re-points on each init()."""
+
+    def __init__(self) -> None:
+        self.delegate: trace.TracerProvider = NoOpTracerProvider()
+        self.generation = 0
+
+    def point_at(self, provider: trace.TracerProvider | None) -> None:
+        self.delegate = provider if provider is not None else NoOpTracerProvider()
+        self.generation += 1
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> Tracer:
+        return _ProxyTracer(self, args, kwargs)
+
+
+_proxy: ProxyTracerProvider | None = None
+_proxy_lock = threading.Lock()
+
+
+def proxy_provider() -> ProxyTracerProvider:
+    """The devkit proxy, installed as the OpenTelemetry global on first use if possible."""
+    global _proxy
+    with _proxy_lock:
+        if _proxy is None:
+            _proxy = ProxyTracerProvider()
+            current = trace._TRACER_PROVIDER
+            if current is None:
+                trace.set_tracer_provider(_proxy)
+            else:
+                _errors.report(
+                    "tracing",
+                    "global_provider_already_set",
+                    detail="a TracerProvider was set before devkit.init(); devkit's spans "
+                    "still export, but tracers from that provider are not tail-sampled",
+                )
+        return _proxy
+
+
+@dataclass
+class Tracing:
+    """What the middleware needs from tracing, and what shutdown must undo."""
+
+    provider: TracerProvider
+    tracer: trace.Tracer
+    processor: TailSamplingProcessor
+    exporter: BatchExporter | None
+    exports: bool
+    undo: list[Callable[[], None]] = field(default_factory=list)
+
+    def shutdown(self, timeout_s: float) -> None:
+        for action in reversed(self.undo):
+            try:
+                action()
+            except Exception as exc:
+                _errors.report("tracing", "uninstall_failed", exc)
+        self.processor.force_flush()
+        if self.exporter is not None:
+            self.exporter.shutdown(timeout_s)
+        self.provider.shutdown()
+
+
+def build_resource(settings: Settings) -> Resource:
+    attributes: dict[str, str] = {"service.name": settings.service_name}
+    if settings.service_version:
+        attributes["service.version"] = settings.service_version
+    if settings.environment:
+        attributes["deployment.environment.name"] = settings.environment
+    # Resource.create also merges OTEL_RESOURCE_ATTRIBUTES; explicit attributes win.
+    return Resource.create(attributes)
+
+
+def build_exporter(settings: Settings, environ: Mapping[str, str]) -> SpanExporter | None:
+    if settings.traces_exporter == "none":
+        return None
+    if settings.traces_exporter == "console":
+        return ConsoleSpanExporter()
+    protocol = (
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    ).strip()
+    variable = (
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+        if environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        else "OTEL_EXPORTER_OTLP_PROTOCOL"
+    )
+    if protocol == "http/protobuf":
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            raise ConfigError(
+                "DEVKIT_TRACES_EXPORTER",
+                "otlp",
+                "otlp with the exporter installed: pip install 'devkit-observability[otlp]'",
+            ) from None
+        return OTLPSpanExporter()
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
+                OTLPSpanExporter as GrpcExporter,
+            )
+        except ImportError:
+            raise ConfigError(
+                variable,
+                protocol,
+                "http/protobuf, or grpc with opentelemetry-exporter-otlp-proto-grpc installed",
+            ) from None
+        grpc_exporter: SpanExporter = GrpcExporter()
+        return grpc_exporter
+    raise ConfigError(variable, protocol, "http/protobuf or grpc")
+
+
+def build_tracing(
+    settings: Settings,
+    environ: Mapping[str, str],
+    *,
+    redact: Callable[[Mapping[str, Any]], dict[str, Any]] | None,
+    on_drop: Count,
+    on_decision: Count,
+    exporter: SpanExporter | None = None,
+    limits: SamplingLimits | None = None,
+) -> Tracing:
+    """Provider + tail sampler + export queue. ``exporter`` overrides the configured one."""
+    span_exporter = exporter if exporter is not None else build_exporter(settings, environ)
+    batch = (
+        BatchExporter(span_exporter, redact=redact, on_drop=on_drop)
+        if span_exporter is not None
+        else None
+    )
+    processor = TailSamplingProcessor(
+        batch if batch is not None else (lambda spans: None),
+        slow_threshold_s=settings.slow_threshold_ms / 1000.0,
+        mode=settings.tail_sampling,
+        limits=limits,
+        on_drop=on_drop,
+        on_decision=on_decision,
+    )
+    provider = TracerProvider(
+        resource=build_resource(settings),
+        sampler=ErrorBiasedSampler(settings.sample_success_ratio),
+    )
+    provider.add_span_processor(processor)
+    tracing = Tracing(
+        provider=provider,
+        tracer=provider.get_tracer("devkit"),
+        processor=processor,
+        exporter=batch,
+        exports=batch is not None,
+    )
+    proxy = proxy_provider()
+    proxy.point_at(provider)
+    tracing.undo.append(lambda: proxy.point_at(None))
+    return tracing
+
+
+def install_propagator(propagator: Any, environ: Mapping[str, str]) -> Callable[[], None]:
+    """Make ``propagator`` the global textmap unless OTEL_PROPAGATORS asks for others."""
+    configured = environ.get("OTEL_PROPAGATORS", "").replace(" ", "")
+    if configured and configured not in ("tracecontext,baggage", "baggage,tracecontext"):
+        return lambda: None
+    previous = propagate.get_global_textmap()
+    propagate.set_global_textmap(propagator)
+    return lambda: propagate.set_global_textmap(previous)
+
+
+def install_instrumentors(environ: Mapping[str, str]) -> tuple[list[str], Callable[[], None]]:
+    """Activate installed OpenTelemetry instrumentors (requests, httpx, SQLAlchemy, ...).
+
+    Honours ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``; skips server-side framework
+    instrumentors because devkit's middleware already creates the server span.
+    """
+    from importlib.metadata import entry_points
+
+    disabled = {
+        name.strip()
+        for name in environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")
+        if name.strip()
+    }
+    active: list[tuple[str, Any]] = []
+    for ep in entry_points(group="opentelemetry_instrumentor"):
+        if ep.name in _SKIPPED_INSTRUMENTORS or ep.name in disabled:
+            continue
+        try:
+            from opentelemetry.instrumentation.dependencies import (
+                get_dist_dependency_conflicts,
+            )
+
+            if ep.dist is not None and get_dist_dependency_conflicts(ep.dist):
+                continue
+            instrumentor = ep.load()()
+            if instrumentor.is_instrumented_by_opentelemetry:
+                continue
+            instrumentor.instrument(tracer_provider=proxy_provider())
+            active.append((ep.name, instrumentor))
+        except Exception as exc:
+            _errors.report("tracing", "instrumentor_failed", detail=f"{ep.name}: {exc}")
+
+    def undo() -> None:
+        for _name, instrumentor in reversed(active):
+            try:
+                instrumentor.uninstrument()
+            except Exception as exc:
+                _errors.report("tracing", "uninstrument_failed", detail=str(exc))
+
+    return [name for name, _ in active], undo
+
+
+def environ_snapshot() -> dict[str, str]:
+    return dict(os.environ)

@@ -1,0 +1,278 @@
+"""Error-biased tail sampling: decide when the local root span ends, not when it starts.
+
+Every span is recorded. :class:`ErrorBiasedSampler` only sets the *sampled* flag (what
+downstream services see in ``traceparent``) for traces that the trace-id ratio rule or a
+sampled parent keep, exactly as OpenTelemetry's ``ParentBased(TraceIdRatioBased)`` would,
+so a fleet agrees on its successful traces. :class:`TailSamplingProcessor` buffers the
+spans of each trace until its local root ends, then keeps the trace if any span failed,
+the root was slow, or the sampled flag is set; the rest is dropped unencoded, which is
+why devkit exports ~10% of the spans the OpenTelemetry SDK would.
+
+Spans that end *after* their root was decided follow the recorded decision (a bounded
+LRU of recent decisions), so a kept trace never loses a late child and a dropped trace
+never leaks one. Buffers are bounded (traces, spans per trace, age) and every drop is
+counted by reason.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind, StatusCode, get_current_span
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
+
+__all__ = [
+    "ErrorBiasedSampler",
+    "SamplingLimits",
+    "TailSamplingProcessor",
+    "ratio_keeps",
+]
+
+_TRACE_ID_LIMIT = (1 << 64) - 1
+
+
+def ratio_bound(ratio: float) -> int:
+    """The bound of OpenTelemetry's ``TraceIdRatioBased`` for ``ratio``."""
+    return round(ratio * (_TRACE_ID_LIMIT + 1))
+
+
+def ratio_keeps(trace_id: int, ratio: float) -> bool:
+    """Whether the trace-id ratio rule keeps ``trace_id`` (lower 64 bits < bound)."""
+    return trace_id & _TRACE_ID_LIMIT < ratio_bound(ratio)
+
+
+class ErrorBiasedSampler(Sampler):
+    """Records every span; sets *sampled* as ``ParentBased(TraceIdRatioBased(ratio))``.
+
+    Recording everything lets the processor keep errors and slow traces whose sampled
+    flag is unset; the flag itself carries the head decision that other services share.
+    """
+
+    def __init__(self, ratio: float) -> None:
+        self._ratio = ratio
+        self._bound = ratio_bound(ratio)
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        parent = get_current_span(parent_context).get_span_context()
+        if parent.is_valid:
+            state = parent.trace_state
+            if parent.trace_flags.sampled:
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, state)
+            if not parent.is_remote:
+                return SamplingResult(Decision.RECORD_ONLY, attributes, state)
+        else:
+            state = None
+        if trace_id & _TRACE_ID_LIMIT < self._bound:
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, state)
+        return SamplingResult(Decision.RECORD_ONLY, attributes, state)
+
+    def get_description(self) -> str:
+        return f"ErrorBiasedSampler{{ratio={self._ratio}}}"
+
+
+@dataclass(frozen=True)
+class SamplingLimits:
+    """Bounds of the tail-sampling buffer; what overflows is dropped and counted."""
+
+    max_traces: int = 10_000
+    max_spans_per_trace: int = 1_000
+    max_age_s: float = 60.0
+    max_decisions: int = 50_000
+
+
+@dataclass
+class _Pending:
+    spans: list[ReadableSpan] = field(default_factory=list)
+    error: bool = False
+    created: float = 0.0
+    overflowed: int = 0
+
+
+def _is_error(span: ReadableSpan) -> bool:
+    if span.status.status_code is StatusCode.ERROR:
+        return True
+    attrs = span.attributes
+    if attrs:
+        status = attrs.get("http.response.status_code")
+        if isinstance(status, int) and status >= 500:
+            return True
+    return False
+
+
+Export = Callable[[Sequence[ReadableSpan]], None]
+Count = Callable[[str, int], None]
+
+
+class TailSamplingProcessor(SpanProcessor):
+    """Buffers spans per trace and hands kept traces to ``export``.
+
+    ``mode="collector"`` exports every span at once and leaves the decision to an
+    OpenTelemetry Collector (needed when the error can happen in another service).
+    """
+
+    def __init__(
+        self,
+        export: Export,
+        *,
+        slow_threshold_s: float,
+        limits: SamplingLimits | None = None,
+        mode: str = "local",
+        on_drop: Count | None = None,
+        on_decision: Count | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._export = export
+        self._slow_ns = int(slow_threshold_s * 1e9)
+        self._limits = limits or SamplingLimits()
+        self._collector_mode = mode == "collector"
+        self._on_drop = on_drop or (lambda reason, n: None)
+        self._on_decision = on_decision or (lambda decision, n: None)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        self._decided: OrderedDict[int, bool] = OrderedDict()
+
+    # -- SpanProcessor contract -------------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        ctx = span.context
+        if ctx is None:
+            return
+        if self._collector_mode:
+            self._export((span,))
+            return
+        trace_id = ctx.trace_id
+        parent = span.parent
+        is_local_root = parent is None or parent.is_remote
+        to_export: list[ReadableSpan] | None = None
+        with self._lock:
+            decided = self._decided.get(trace_id)
+            if decided is not None:
+                # The root was decided already: a late span follows that decision.
+                if decided:
+                    to_export = [span]
+            else:
+                pending = self._pending.get(trace_id)
+                if pending is None:
+                    to_export = self._expire_locked()
+                    pending = _Pending(created=self._clock())
+                    if not is_local_root:
+                        if len(self._pending) >= self._limits.max_traces:
+                            # No room to wait for the root: this span is lost, counted.
+                            self._on_drop("buffer_full", 1)
+                            pending = None
+                        else:
+                            self._pending[trace_id] = pending
+                if pending is not None:
+                    if not pending.error and _is_error(span):
+                        pending.error = True
+                    if len(pending.spans) < self._limits.max_spans_per_trace:
+                        pending.spans.append(span)
+                    else:
+                        pending.overflowed += 1
+                        self._on_drop("trace_too_large", 1)
+                    if is_local_root:
+                        self._pending.pop(trace_id, None)
+                        keep = self._decide(span, pending)
+                        self._remember_locked(trace_id, keep)
+                        if keep:
+                            to_export = (to_export or []) + pending.spans
+        self._export_outside_lock(to_export)
+
+    def shutdown(self) -> None:
+        self.force_flush()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Decide every pending trace now (keep errors and sampled ones) and export them."""
+        with self._lock:
+            pending = list(self._pending.items())
+            self._pending.clear()
+            to_export: list[ReadableSpan] = []
+            for trace_id, entry in pending:
+                keep = entry.error or any(
+                    s.context.trace_flags.sampled for s in entry.spans if s.context is not None
+                )
+                self._remember_locked(trace_id, keep)
+                if keep:
+                    to_export.extend(entry.spans)
+        self._export_outside_lock(to_export)
+        return True
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def kept(self, trace_id: int) -> bool | None:
+        """The decision for ``trace_id``: True kept, False dropped, None not decided yet."""
+        return self._decided.get(trace_id)
+
+    def _decide(self, root: ReadableSpan, pending: _Pending) -> bool:
+        if pending.error:
+            decision = "kept_error"
+        elif (
+            root.end_time is not None
+            and root.start_time is not None
+            and root.end_time - root.start_time >= self._slow_ns
+        ):
+            decision = "kept_slow"
+        elif root.context is not None and root.context.trace_flags.sampled:
+            decision = "kept_sampled"
+        else:
+            decision = "dropped"
+        self._on_decision(decision, 1)
+        return decision != "dropped"
+
+    def _remember_locked(self, trace_id: int, keep: bool) -> None:
+        self._decided[trace_id] = keep
+        if len(self._decided) > self._limits.max_decisions:
+            self._decided.popitem(last=False)
+
+    def _expire_locked(self) -> list[ReadableSpan] | None:
+        """Evict traces whose root never ended within ``max_age_s`` (kept if they failed)."""
+        if not self._pending:
+            return None
+        deadline = self._clock() - self._limits.max_age_s
+        out: list[ReadableSpan] | None = None
+        while self._pending:
+            trace_id, oldest = next(iter(self._pending.items()))
+            if oldest.created > deadline:
+                break
+            self._pending.popitem(last=False)
+            keep = oldest.error
+            self._remember_locked(trace_id, keep)
+            if keep:
+                out = (out or []) + oldest.spans
+            else:
+                self._on_drop("expired", len(oldest.spans))
+        return out
+
+    def _export_outside_lock(self, spans: Sequence[ReadableSpan] | None) -> None:
+        if spans:
+            self._export(spans)
+
+    # -- introspection for tests and doctor -------------------------------------------------
+
+    def pending_traces(self) -> int:
+        return len(self._pending)
+
+    def pending_spans(self) -> int:
+        with self._lock:
+            return sum(len(p.spans) for p in self._pending.values())

@@ -1,0 +1,26 @@
+"""Shared fixtures: strict internal-error mode and a clean devkit around every test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from devkit import _errors, testing
+
+
+@pytest.fixture(autouse=True)
+def _devkit_isolation(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Under devkit's own tests guarded failures re-raise, so bugs are not hidden.
+    for name in list(os.environ):
+        if name.startswith(("DEVKIT_", "OTEL_")):
+            monkeypatch.delenv(name)
+    _errors.set_strict(True)
+    _errors.reset()
+    try:
+        yield
+    finally:
+        testing.reset()
+        _errors.set_strict(False)
+        _errors.reset()

@@ -1,0 +1,237 @@
+"""Acceptance of the HTTP middleware: uvicorn serving a FastAPI app that only calls init()."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from servers import OTLPReceiver, Server, clean_env, free_port, serve, uvicorn_argv
+
+pytestmark = pytest.mark.integration
+
+# uvicorn closes a connection after an unhandled exception: no reuse across requests.
+NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
+OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OTLPReceiver]:
+    r = OTLPReceiver().start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, receiver: OTLPReceiver) -> Iterator[Server]:
+    port = free_port()
+    env = clean_env(
+        DEVKIT_SERVICE_NAME="shop",
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        DEVKIT_SAMPLE_SUCCESS_RATIO="1.0",
+    )
+    with serve(
+        uvicorn_argv("examples.fastapi_app:app", port),
+        env,
+        tmp_path_factory.mktemp("uvicorn"),
+        port,
+    ) as s:
+        yield s
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, frozenset(labels.items())), 0.0)
+
+
+def test_red_metrics_are_exact_and_bounded(server: Server) -> None:
+    with httpx.Client(base_url=server.url, limits=NO_KEEPALIVE) as client:
+        for item in (1, 2, 3, 42, 42):
+            assert client.get(f"/items/{item}").status_code == 200
+        assert client.get("/no/such/path/123").status_code == 404
+        assert client.get("/boom").status_code == 500
+        assert client.get("/unavailable").status_code == 503
+        assert client.request("BREW", "/items/1").status_code in (405, 501)
+        text = client.get("/metrics").text
+
+    assert (
+        value(
+            text, "http_requests_total", method="GET", route="/items/{item_id}", status_code="200"
+        )
+        == 5
+    )
+    assert (
+        value(text, "http_requests_total", method="GET", route="<unmatched>", status_code="404")
+        == 1
+    )
+    assert (
+        value(text, "http_requests_errors_total", method="GET", route="/boom", status_code="500")
+        == 1
+    )
+    assert (
+        value(
+            text,
+            "http_requests_errors_total",
+            method="GET",
+            route="/unavailable",
+            status_code="503",
+        )
+        == 1
+    )
+    assert (
+        value(
+            text,
+            "http_requests_errors_total",
+            method="GET",
+            route="/items/{item_id}",
+            status_code="200",
+        )
+        == 0
+    )
+    assert (
+        value(
+            text,
+            "http_request_duration_seconds_count",
+            method="GET",
+            route="/items/{item_id}",
+            status_code="200",
+        )
+        == 5
+    )
+    routes = {dict(labels).get("route") for (_, labels) in samples(text)}
+    assert "/no/such/path/123" not in routes and "/items/42" not in routes
+    methods = {dict(labels).get("method") for (_, labels) in samples(text)} - {None}
+    assert "BREW" not in methods and "_OTHER" in methods
+    # The probes and /metrics itself are not counted.
+    assert "/metrics" not in routes and "<unmatched>" in routes
+    assert 'le="0.3"' in text
+
+
+def test_openmetrics_negotiation_carries_exemplars(server: Server) -> None:
+    with httpx.Client(base_url=server.url, limits=NO_KEEPALIVE) as client:
+        client.get("/items/7")
+        classic = client.get("/metrics")
+        om = client.get("/metrics", headers={"Accept": OPENMETRICS})
+    assert classic.headers["content-type"].startswith("text/plain")
+    assert "# {trace_id=" not in classic.text
+    assert om.headers["content-type"].startswith("application/openmetrics-text")
+    assert re.search(
+        r"http_request_duration_seconds_bucket\{.*\} \d+(\.\d+)? # "
+        r'\{trace_id="[0-9a-f]{32}"\}',
+        om.text,
+    )
+    assert om.text.rstrip().endswith("# EOF")
+
+
+def test_correlation_id_echo_and_replacement(server: Server) -> None:
+    with httpx.Client(base_url=server.url, limits=NO_KEEPALIVE) as client:
+        ok = client.get("/items/5", headers={"X-Correlation-ID": "abc-123.DEF:9_z"})
+        assert ok.headers["x-correlation-id"] == "abc-123.DEF:9_z"
+        rid = client.get("/items/5", headers={"X-Request-ID": "req-77"})
+        assert rid.headers["x-correlation-id"] == "req-77"
+        for bad in (b"has space", b"x" * 300, "caf\u00e9".encode(), b"", b"a\tb"):
+            r = client.get("/items/5", headers={"X-Correlation-ID": bad})
+            new = r.headers["x-correlation-id"]
+            assert re.fullmatch(r"[0-9a-f]{32}", new)
+
+
+def _records_for(server: Server, cid: str) -> list[dict[str, Any]]:
+    return [r for r in server.json_lines() if r.get("correlation_id") == cid]
+
+
+def _wait_records(server: Server, cid: str, n: int) -> list[dict[str, Any]]:
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        records = _records_for(server, cid)
+        if len(records) >= n:
+            return records
+        time.sleep(0.05)
+    return _records_for(server, cid)
+
+
+def test_access_and_app_logs_share_correlation_and_trace(server: Server) -> None:
+    httpx.get(server.url + "/items/9", headers={"X-Correlation-ID": "corr-items-9"})
+    app_log, access = _wait_records(server, "corr-items-9", 2)
+    assert app_log["message"] == "item fetched" and app_log["item_id"] == 9
+    assert access["message"] == "request completed"
+    assert access["logger"] == "devkit.access" and access["level"] == "info"
+    assert access["method"] == "GET" and access["route"] == "/items/{item_id}"
+    assert access["path"] == "/items/9" and access["status_code"] == 200
+    assert isinstance(access["duration_ms"], float | int)
+    assert re.fullmatch(r"[0-9a-f]{32}", access["trace_id"])
+    assert app_log["trace_id"] == access["trace_id"]
+
+
+@pytest.mark.parametrize(
+    ("path", "cid", "message"),
+    [
+        ("/sync/3", "corr-sync", "sync endpoint in the thread pool"),
+        ("/task", "corr-task", "inside a child task"),
+        ("/stock", "corr-handler", "out of stock handled"),
+    ],
+)
+def test_context_survives_threadpool_tasks_and_exception_handlers(
+    server: Server, path: str, cid: str, message: str
+) -> None:
+    httpx.get(server.url + path, headers={"X-Correlation-ID": cid})
+    records = _wait_records(server, cid, 2)
+    app_record = next(r for r in records if r["message"] == message)
+    access = next(r for r in records if r["message"] == "request completed")
+    assert app_record["trace_id"] == access["trace_id"] != "0" * 32
+    assert app_record["span_id"] == access["span_id"]
+
+
+def test_levels_by_status_and_exception_logged(server: Server) -> None:
+    httpx.get(server.url + "/boom", headers={"X-Correlation-ID": "corr-boom"})
+    httpx.get(server.url + "/nope", headers={"X-Correlation-ID": "corr-404"})
+    (boom,) = [
+        r for r in _wait_records(server, "corr-boom", 1) if r["message"] == "request completed"
+    ]
+    assert boom["level"] == "error" and boom["status_code"] == 500
+    assert boom["error"]["type"] == "RuntimeError"
+    assert "ada@example.com" not in server.output()
+    (missing,) = [
+        r for r in _wait_records(server, "corr-404", 1) if r["message"] == "request completed"
+    ]
+    assert missing["level"] == "warn" and missing["route"] == "<unmatched>"
+
+
+def test_query_values_are_redacted_in_access_log(server: Server) -> None:
+    httpx.get(server.url + "/items/1?token=s3cr3t&q=ada", headers={"X-Correlation-ID": "corr-q"})
+    access = next(
+        r for r in _wait_records(server, "corr-q", 2) if r["message"] == "request completed"
+    )
+    assert access["path"] == "/items/1?token=[REDACTED]&q=[REDACTED]"
+    assert "s3cr3t" not in server.output()
+
+
+def test_probes_and_metrics_are_not_logged(server: Server) -> None:
+    httpx.get(server.url + "/metrics", headers={"X-Correlation-ID": "corr-metrics"})
+    httpx.get(server.url + "/healthz/live", headers={"X-Correlation-ID": "corr-live"})
+    httpx.get(server.url + "/items/1", headers={"X-Correlation-ID": "corr-after"})
+    _wait_records(server, "corr-after", 2)
+    assert _records_for(server, "corr-metrics") == []
+    assert _records_for(server, "corr-live") == []
+    assert not [r for r in server.json_lines() if r.get("path", "").startswith("/healthz")]
+
+
+def test_scanner_does_not_add_series(server: Server) -> None:
+    with httpx.Client(base_url=server.url, limits=NO_KEEPALIVE) as client:
+        before = len(samples(client.get("/metrics").text))
+        for i in range(300):
+            client.get(f"/wp-admin/{i}/x.php")
+        after = len(samples(client.get("/metrics").text))
+    # One new <unmatched>/404 series family at most, not 300.
+    assert after - before <= 20

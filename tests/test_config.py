@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import pytest
+
+import devkit
+from devkit.config import VARIABLES, Settings
+
+
+def test_defaults_match_the_spec() -> None:
+    s = Settings.from_env({})
+    assert s.service_name == "unknown_service"
+    assert s.service_version is None and s.environment is None
+    assert (s.log_level, s.log_format) == ("info", "json")
+    assert (s.redact_mode, s.redact_keys, s.redact_salt, s.redact_ip) == ("mask", (), None, False)
+    assert s.traces_exporter == "none"
+    assert s.sample_success_ratio == 0.1
+    assert s.slow_threshold_ms == 300
+    assert s.tail_sampling == "local"
+    assert (s.metrics_path, s.metrics_port, s.health_path) == ("/metrics", None, "/healthz")
+    assert (s.liveness_timeout_s, s.shutdown_timeout_s, s.disabled) == (10, 10, False)
+
+
+def test_every_spec_variable_is_read() -> None:
+    env = {
+        "DEVKIT_SERVICE_NAME": "checkout",
+        "DEVKIT_SERVICE_VERSION": "1.2.3",
+        "DEVKIT_ENVIRONMENT": "staging",
+        "DEVKIT_LOG_LEVEL": "WARN",
+        "DEVKIT_LOG_FORMAT": "console",
+        "DEVKIT_REDACT_MODE": "hash",
+        "DEVKIT_REDACT_KEYS": "iban, user_email,,",
+        "DEVKIT_REDACT_SALT": "s3cr3t-salt",
+        "DEVKIT_REDACT_IP": "yes",
+        "DEVKIT_TRACES_EXPORTER": "console",
+        "DEVKIT_SAMPLE_SUCCESS_RATIO": "0.25",
+        "DEVKIT_SLOW_THRESHOLD_MS": "150",
+        "DEVKIT_TAIL_SAMPLING": "collector",
+        "DEVKIT_METRICS_PATH": "/internal/metrics",
+        "DEVKIT_METRICS_PORT": "9464",
+        "DEVKIT_HEALTH_PATH": "/health",
+        "DEVKIT_LIVENESS_TIMEOUT_S": "5",
+        "DEVKIT_SHUTDOWN_TIMEOUT_S": "20",
+        "DEVKIT_DISABLED": "0",
+    }
+    assert {v.name for v in VARIABLES} == set(env)
+    s = Settings.from_env(env)
+    assert s.service_name == "checkout" and s.service_version == "1.2.3"
+    assert s.environment == "staging" and s.log_level == "warn" and s.log_format == "console"
+    assert s.redact_mode == "hash" and s.redact_keys == ("iban", "user_email")
+    assert s.redact_salt == "s3cr3t-salt" and s.redact_ip is True
+    assert s.traces_exporter == "console" and s.sample_success_ratio == 0.25
+    assert s.slow_threshold_ms == 150 and s.tail_sampling == "collector"
+    assert s.metrics_path == "/internal/metrics" and s.metrics_port == 9464
+    assert s.health_path == "/health" and s.liveness_timeout_s == 5
+    assert s.shutdown_timeout_s == 20 and s.disabled is False
+
+
+def test_otel_fallbacks() -> None:
+    s = Settings.from_env(
+        {
+            "OTEL_SERVICE_NAME": "from-otel",
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_SDK_DISABLED": "true",
+        }
+    )
+    assert (s.service_name, s.traces_exporter, s.disabled) == ("from-otel", "otlp", True)
+    s = Settings.from_env({"OTEL_RESOURCE_ATTRIBUTES": "team=a,service.name=res-svc"})
+    assert s.service_name == "res-svc"
+    s = Settings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+    assert s.traces_exporter == "otlp"
+    s = Settings.from_env(
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318", "DEVKIT_TRACES_EXPORTER": "none"}
+    )
+    assert s.traces_exporter == "none"
+
+
+def test_devkit_variable_wins_over_otel() -> None:
+    s = Settings.from_env({"OTEL_SERVICE_NAME": "otel", "DEVKIT_SERVICE_NAME": "devkit"})
+    assert s.service_name == "devkit"
+    # either switch disables
+    assert Settings.from_env({"DEVKIT_DISABLED": "false", "OTEL_SDK_DISABLED": "true"}).disabled
+
+
+def test_keyword_overrides_win_over_environment() -> None:
+    s = Settings.from_env(
+        {"DEVKIT_SERVICE_NAME": "env", "DEVKIT_LOG_LEVEL": "debug"},
+        service_name="kw",
+        sample_success_ratio=0.5,
+    )
+    assert (s.service_name, s.log_level, s.sample_success_ratio) == ("kw", "debug", 0.5)
+
+
+def test_empty_variables_count_as_unset() -> None:
+    assert Settings.from_env({"DEVKIT_LOG_LEVEL": "", "DEVKIT_SERVICE_NAME": "  "}) == Settings()
+
+
+BAD_VALUES = [
+    ("DEVKIT_SERVICE_NAME", "x" * 300),
+    ("DEVKIT_SERVICE_VERSION", "bad\x01version"),
+    ("DEVKIT_ENVIRONMENT", "line\nbreak"),
+    ("DEVKIT_LOG_LEVEL", "verbose"),
+    ("DEVKIT_LOG_FORMAT", "xml"),
+    ("DEVKIT_REDACT_MODE", "encrypt"),
+    ("DEVKIT_REDACT_SALT", "short"),
+    ("DEVKIT_REDACT_IP", "maybe"),
+    ("DEVKIT_TRACES_EXPORTER", "zipkin"),
+    ("OTEL_TRACES_EXPORTER", "jaeger"),
+    ("DEVKIT_SAMPLE_SUCCESS_RATIO", "1.5"),
+    ("DEVKIT_SAMPLE_SUCCESS_RATIO", "-0.1"),
+    ("DEVKIT_SAMPLE_SUCCESS_RATIO", "ten percent"),
+    ("DEVKIT_SAMPLE_SUCCESS_RATIO", "nan"),
+    ("DEVKIT_SLOW_THRESHOLD_MS", "0"),
+    ("DEVKIT_SLOW_THRESHOLD_MS", "fast"),
+    ("DEVKIT_TAIL_SAMPLING", "remote"),
+    ("DEVKIT_METRICS_PATH", "metrics"),
+    ("DEVKIT_METRICS_PATH", "/metrics/"),
+    ("DEVKIT_METRICS_PATH", "/healthz/metrics"),
+    ("DEVKIT_METRICS_PORT", "0"),
+    ("DEVKIT_METRICS_PORT", "70000"),
+    ("DEVKIT_METRICS_PORT", "http"),
+    ("DEVKIT_HEALTH_PATH", "/"),
+    ("DEVKIT_HEALTH_PATH", "/a b"),
+    ("DEVKIT_LIVENESS_TIMEOUT_S", "0"),
+    ("DEVKIT_LIVENESS_TIMEOUT_S", "-1"),
+    ("DEVKIT_SHUTDOWN_TIMEOUT_S", "soon"),
+    ("DEVKIT_DISABLED", "maybe"),
+    ("OTEL_SDK_DISABLED", "perhaps"),
+]
+
+
+@pytest.mark.parametrize(("variable", "value"), BAD_VALUES)
+def test_bad_value_names_variable_value_and_accepted(variable: str, value: str) -> None:
+    with pytest.raises(devkit.ConfigError) as info:
+        Settings.from_env({variable: value})
+    message = str(info.value)
+    assert variable in message
+    assert "expected" in message
+    assert info.value.variable.startswith(variable)
+    if variable != "DEVKIT_REDACT_SALT":
+        assert repr(value) in message
+
+
+@pytest.mark.parametrize(("variable", "value"), BAD_VALUES)
+def test_init_fails_fast_and_installs_nothing(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    before = list(logging.getLogger().handlers)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(devkit.ConfigError, match=variable):
+        devkit.init()
+    assert logging.getLogger().handlers == before
+    from devkit import _state
+
+    assert _state.current() is None
+
+
+def test_hash_mode_without_salt_is_a_config_error() -> None:
+    with pytest.raises(devkit.ConfigError, match="DEVKIT_REDACT_SALT"):
+        Settings.from_env({"DEVKIT_REDACT_MODE": "hash"})
+
+
+def test_salt_is_never_echoed() -> None:
+    with pytest.raises(devkit.ConfigError) as info:
+        Settings.from_env({"DEVKIT_REDACT_SALT": "abc"})
+    assert "abc" not in str(info.value)
+    s = Settings.from_env({"DEVKIT_REDACT_MODE": "hash", "DEVKIT_REDACT_SALT": "topsecret-123"})
+    assert "topsecret-123" not in repr(s)
+
+
+def test_unknown_keyword_is_a_config_error() -> None:
+    with pytest.raises(devkit.ConfigError, match="servce_name"):
+        Settings.from_env({}, servce_name="typo")
+
+
+def test_bad_keyword_names_keyword_and_variable() -> None:
+    with pytest.raises(devkit.ConfigError, match=r"DEVKIT_LOG_LEVEL \(keyword log_level=\)"):
+        Settings.from_env({}, log_level="loud")
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings.from_env({})
+    with pytest.raises(AttributeError):
+        s.service_name = "x"  # type: ignore[misc]

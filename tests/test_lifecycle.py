@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import pytest
+import structlog
+
+import devkit
+from devkit import _state
+from devkit.testing import CapturedLogs
+
+
+def test_importing_devkit_has_no_side_effects() -> None:
+    code = (
+        "import logging, sys, os\n"
+        "before = list(logging.getLogger().handlers)\n"
+        "os.environ['DEVKIT_LOG_LEVEL'] = 'nonsense'\n"
+        "import devkit, devkit.testing\n"
+        "import structlog\n"
+        "assert logging.getLogger().handlers == before\n"
+        "assert not structlog.is_configured()\n"
+        "from devkit import _state\n"
+        "assert _state.current() is None\n"
+        "print('clean')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "clean"
+
+
+def test_init_is_idempotent_and_warns_once(devkit_logs: CapturedLogs) -> None:
+    first = devkit.init(service_name="svc")
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    assert devkit.init() is first
+    assert devkit.init(service_name="other") is first
+    assert root.handlers == handlers and len(handlers) == 1
+    warnings = devkit_logs.find(level="warn", logger="devkit")
+    assert len(warnings) == 1
+    assert "called again" in warnings[0]["message"]
+
+
+def test_shutdown_is_idempotent_and_restores_logging() -> None:
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    devkit.init()
+    assert structlog.is_configured()
+    devkit.shutdown()
+    devkit.shutdown()
+    assert (list(root.handlers), root.level) == before
+    assert not structlog.is_configured()
+    assert _state.current() is None
+
+
+def test_init_after_shutdown_builds_a_new_runtime() -> None:
+    first = devkit.init(service_name="a")
+    devkit.shutdown()
+    second = devkit.init(service_name="b")
+    assert second is not first and second.settings.service_name == "b"
+
+
+@pytest.mark.parametrize("variable", ["DEVKIT_DISABLED", "OTEL_SDK_DISABLED"])
+def test_disabled_installs_nothing(variable: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = logging.getLogger()
+    before = list(root.handlers)
+    monkeypatch.setenv(variable, "true")
+    runtime = devkit.init()
+    assert runtime.enabled is False
+    assert root.handlers == before
+    assert not structlog.is_configured()
+    assert devkit.init() is runtime
+
+
+def test_shutdown_runs_at_interpreter_exit() -> None:
+    code = (
+        "import devkit, logging\n"
+        "devkit.init(service_name='exit')\n"
+        "logging.getLogger('x').info('bye')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert '"message":"bye"' in out.stdout
+    assert out.stderr == ""
+
+
+def test_public_api_is_exactly_all() -> None:
+    public = {name for name in dir(devkit) if not name.startswith(("_", "@"))} - {
+        "annotations",
+        "config",
+        "exceptions",
+        "logs",
+        "redaction",
+        "testing",
+        "metrics",
+        "middleware",
+        "tracing",
+        "integrations",
+    }
+    assert public == set(devkit.__all__) - {"__version__"}
