@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
+import httpx
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
@@ -79,3 +81,12 @@ async def slow(ms: int = 400) -> dict[str, int]:
 def block(seconds: float = 0.0) -> dict[str, float]:
     time.sleep(seconds)
     return {"blocked_s": seconds}
+
+
+@app.get("/proxy/{item_id}")
+async def proxy(item_id: int) -> dict[str, object]:
+    """Calls another service (DOWNSTREAM_URL): one trace, one correlation id across both."""
+    async with httpx.AsyncClient(base_url=os.environ["DOWNSTREAM_URL"]) as client:
+        response = await client.get(f"/items/{item_id}")
+    log.info("downstream answered", status=response.status_code)
+    return {"downstream_status": response.status_code}

@@ -144,6 +144,25 @@ def _custom_propagators(environ: dict[str, str]) -> bool:
     return bool(configured) and configured not in ("tracecontext,baggage", "baggage,tracecontext")
 
 
+def flush(timeout_s: float | None = None) -> bool:
+    """Export every kept span now (pending traces are decided), within ``timeout_s``.
+
+    Called when the server stops (ASGI lifespan shutdown) because a server that re-raises
+    SIGTERM after its shutdown never runs ``atexit`` handlers.
+    """
+    runtime = _state.current()
+    if runtime is None or runtime.tracing is None:
+        return True
+    timeout = timeout_s if timeout_s is not None else runtime.settings.shutdown_timeout_s
+    try:
+        runtime.tracing.processor.force_flush()
+        exporter = runtime.tracing.exporter
+        return exporter.force_flush(timeout) if exporter is not None else True
+    except Exception as exc:
+        _errors.report("tracing", "flush_failed", exc)
+        return False
+
+
 def shutdown(timeout_s: float | None = None) -> None:
     """Flush and uninstall everything ``init()`` installed. Idempotent; never raises.
 

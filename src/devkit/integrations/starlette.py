@@ -1,10 +1,13 @@
 """Starlette and FastAPI: devkit's ASGI middleware becomes the outermost layer of every app.
 
-``Starlette.__call__`` is wrapped (FastAPI overrides ``build_middleware_stack`` but calls
-``Starlette.__call__``), which puts devkit outside Starlette's ``ServerErrorMiddleware``:
-the span and correlation id are active while an ``exception_handler`` runs (logs written
-there carry the trace id) and unhandled exceptions are seen as 500s. One middleware object
-is kept per app, built on its first request.
+``Starlette.__call__`` (and ``FastAPI.__call__``, which overrides it) is wrapped, which
+puts devkit outside Starlette's ``ServerErrorMiddleware``: the span and correlation id
+are active while an ``exception_handler`` runs (logs written there carry the trace id)
+and unhandled exceptions are seen as 500s. One middleware object is kept per app.
+
+FastAPI >= 0.160 ships native OpenTelemetry spans that switch on as soon as a global
+tracer provider exists; devkit's middleware marks the requests it instruments so
+FastAPI does not add a second server span.
 """
 
 from __future__ import annotations
@@ -18,27 +21,38 @@ from devkit.middleware.asgi import ASGIMiddleware
 __all__ = ["enable"]
 
 _PATCH_FLAG = "_devkit_patched"
-_INSTANCE_KEY = "_devkit_middleware"
+
+
+def _patch(cls: type, key: str) -> Callable[[], None]:
+    original = cls.__dict__["__call__"]
+    if getattr(original, _PATCH_FLAG, False):
+        return lambda: None
+
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        middleware = self.__dict__.get(key)
+        if middleware is None:
+            middleware = ASGIMiddleware(partial(original, self))
+            self.__dict__[key] = middleware
+        await middleware(scope, receive, send)
+
+    setattr(__call__, _PATCH_FLAG, True)
+    type.__setattr__(cls, "__call__", __call__)
+    return lambda: type.__setattr__(cls, "__call__", original)
 
 
 def enable() -> Callable[[], None]:
     from starlette.applications import Starlette
 
-    original = Starlette.__call__
-    if getattr(original, _PATCH_FLAG, False):
-        return lambda: None
-
-    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        middleware = self.__dict__.get(_INSTANCE_KEY)
-        if middleware is None:
-            middleware = ASGIMiddleware(partial(original, self))
-            self.__dict__[_INSTANCE_KEY] = middleware
-        await middleware(scope, receive, send)
-
-    setattr(__call__, _PATCH_FLAG, True)
-    Starlette.__call__ = __call__  # type: ignore[method-assign]
+    undos = [_patch(Starlette, "_devkit_middleware")]
+    try:
+        from fastapi import FastAPI
+    except ImportError:
+        FastAPI = None
+    if FastAPI is not None and "__call__" in FastAPI.__dict__:
+        undos.append(_patch(FastAPI, "_devkit_fastapi_middleware"))
 
     def undo() -> None:
-        Starlette.__call__ = original  # type: ignore[method-assign]
+        for action in reversed(undos):
+            action()
 
     return undo

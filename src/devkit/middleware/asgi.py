@@ -78,6 +78,8 @@ class ASGIMiddleware:
             await self.app(scope, receive, send)
             return
         scope[ACTIVE_KEY] = True
+        # FastAPI's native telemetry would add a second server span; None switches it off.
+        scope["fastapi.telemetry"] = None
         if not self._loop_started:
             self._start_loop_monitors(inst)
 
@@ -131,12 +133,19 @@ class ASGIMiddleware:
         """Pass lifespan through; mark startup complete / begin the drain on its messages."""
 
         async def send_wrapper(message: Message) -> None:
-            if message["type"] == "lifespan.startup.complete":
+            kind = message["type"]
+            if kind == "lifespan.startup.complete":
                 inst = self._instruments or _current_instruments()
                 if inst is not None:
                     self._start_loop_monitors(inst)
                     if inst.health is not None:
                         inst.health.mark_started()
+            elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                # Flush before the server exits: uvicorn re-raises SIGTERM afterwards, and
+                # a process killed by a signal never runs atexit handlers.
+                from devkit._setup import flush
+
+                await asyncio.get_running_loop().run_in_executor(None, flush)
             await send(message)
 
         async def receive_wrapper() -> Message:

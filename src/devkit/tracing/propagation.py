@@ -1,9 +1,10 @@
 """W3C Trace Context (Level 1 and 2) and W3C Baggage, parsed strictly and cheaply.
 
 This runs on every inbound request, so the common case (one valid ``traceparent``, no
-``tracestate``) is a handful of C-level string operations and two ``int()`` calls: no
-regular expression, no logging, no exception. Nothing here raises on hostile input and
-nothing here logs: a malformed header simply yields "no parent" (a new trace starts),
+``tracestate``) is one precompiled ``fullmatch`` (measured cheaper than the equivalent
+``str`` checks), three ``int()`` calls and the ``SpanContext``: no logging, no exception,
+no work on headers that are absent. Nothing here raises on hostile input and nothing
+here logs: a malformed header simply yields "no parent" (a new trace starts),
 an empty ``TraceState`` or fewer baggage entries. Anything unexpected (a getter that
 raises, a value that is not a ``str``) goes through :func:`devkit._errors.report`.
 

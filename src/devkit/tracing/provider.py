@@ -297,14 +297,13 @@ def install_instrumentors(environ: Mapping[str, str]) -> tuple[list[str], Callab
         if ep.name in _SKIPPED_INSTRUMENTORS or ep.name in disabled:
             continue
         try:
-            from opentelemetry.instrumentation.dependencies import (
-                get_dist_dependency_conflicts,
-            )
+            from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
 
-            if ep.dist is not None and get_dist_dependency_conflicts(ep.dist):
-                continue
             instrumentor = ep.load()()
             if instrumentor.is_instrumented_by_opentelemetry:
+                continue
+            # The instrumented library is missing or of another version: nothing to do.
+            if get_dependency_conflicts(list(instrumentor.instrumentation_dependencies())):
                 continue
             instrumentor.instrument(tracer_provider=proxy_provider())
             active.append((ep.name, instrumentor))
