@@ -40,16 +40,21 @@ def _patch(cls: type, key: str) -> Callable[[], None]:
     return lambda: type.__setattr__(cls, "__call__", original)
 
 
+def _fastapi_class() -> type | None:
+    try:
+        from fastapi import FastAPI
+    except ImportError:
+        return None
+    return FastAPI
+
+
 def enable() -> Callable[[], None]:
     from starlette.applications import Starlette
 
     undos = [_patch(Starlette, "_devkit_middleware")]
-    try:
-        from fastapi import FastAPI
-    except ImportError:
-        FastAPI = None
-    if FastAPI is not None and "__call__" in FastAPI.__dict__:
-        undos.append(_patch(FastAPI, "_devkit_fastapi_middleware"))
+    fastapi_app = _fastapi_class()
+    if fastapi_app is not None and "__call__" in fastapi_app.__dict__:
+        undos.append(_patch(fastapi_app, "_devkit_fastapi_middleware"))
 
     def undo() -> None:
         for action in reversed(undos):
