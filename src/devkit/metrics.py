@@ -208,7 +208,8 @@ class RedMetrics:
         )
         self._upper_bounds = [*sorted(buckets), float("inf")]
         self._exemplars = exemplars if exemplars is not None else ExemplarStore(multiprocess_dir())
-        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._error_children: dict[tuple[str, str, int], Any] = {}
         self._in_progress_children: dict[str, Any] = {}
         self._collectors: list[Collector] = [
             self.requests,
@@ -249,11 +250,10 @@ class RedMetrics:
             children = (
                 self.requests.labels(method, route, status),
                 self.duration.labels(method, route, status),
-                self.errors.labels(method, route, status),
             )
             if len(self._children) < _MAX_CACHED_CHILDREN:
                 self._children[key] = children
-        requests, duration, errors = children
+        requests, duration = children
         if trace_id is None:
             requests.inc()
             duration.observe(duration_s)
@@ -266,6 +266,12 @@ class RedMetrics:
                     method, route, status_code, duration_s, trace_id
                 )
         if error:
+            # Created on the first error only: no zero series for every successful route.
+            errors = self._error_children.get(key)
+            if errors is None:
+                errors = self.errors.labels(method, route, str(status_code))
+                if len(self._error_children) < _MAX_CACHED_CHILDREN:
+                    self._error_children[key] = errors
             errors.inc()
 
     def _record_multiprocess_exemplars(
