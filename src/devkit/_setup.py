@@ -18,7 +18,7 @@ __all__ = ["init", "shutdown"]
 
 _atexit_registered = False
 #: Components injected by ``devkit.testing`` (e.g. an in-memory span exporter).
-overrides: dict[str, Any] = {}
+components: dict[str, Any] = {}
 
 
 def init(**overrides: Any) -> Runtime:
@@ -54,7 +54,7 @@ def init(**overrides: Any) -> Runtime:
             redact_ip=settings.redact_ip,
         )
         runtime = Runtime(settings=settings, redactor=redactor)
-        runtime.extra.update(overrides)
+        runtime.extra.update(components)
         try:
             _build(runtime, dict(os.environ))
         except BaseException:

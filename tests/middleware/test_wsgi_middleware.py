@@ -1,0 +1,152 @@
+"""In-process tests of the WSGI middleware and the Flask integration."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import flask
+import structlog
+from prometheus_client import REGISTRY
+
+import devkit
+from devkit.testing import CapturedLogs
+
+
+def count(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def make_app() -> flask.Flask:
+    app = flask.Flask("t")
+
+    @app.get("/items/<int:item_id>")
+    def item(item_id: int) -> dict[str, int]:
+        devkit.get_logger("app").info("in handler")
+        return {"id": item_id}
+
+    @app.get("/bind")
+    def bind() -> str:
+        structlog.contextvars.bind_contextvars(user="alice")
+        return "bound"
+
+    @app.get("/plain")
+    def plain() -> str:
+        devkit.get_logger("app").info("plain")
+        return "ok"
+
+    @app.get("/missing")
+    def missing() -> str:
+        raise KeyError("nope")
+
+    @app.errorhandler(KeyError)
+    def handle(exc: KeyError) -> tuple[str, int]:
+        devkit.get_logger("app").warning("handled in errorhandler")
+        return "gone", 410
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("bad")
+
+    @app.get("/stream")
+    def stream() -> flask.Response:
+        def chunks() -> Iterator[str]:
+            yield "a"
+            devkit.get_logger("app").info("while streaming")
+            yield "b"
+
+        return flask.Response(chunks())
+
+    return app
+
+
+def test_flask_app_created_after_init_is_instrumented(devkit_logs: CapturedLogs) -> None:
+    devkit.init()
+    client = make_app().test_client()
+    response = client.get("/items/4", buffered=True)
+    assert response.status_code == 200
+    assert len(response.headers["X-Correlation-ID"]) == 32
+    assert (
+        count("http_requests_total", method="GET", route="/items/<int:item_id>", status_code="200")
+        == 1
+    )
+    handler, access = [r for r in devkit_logs.records if r["logger"] in ("app", "devkit.access")]
+    assert handler["trace_id"] == access["trace_id"]
+    assert handler["correlation_id"] == access["correlation_id"]
+
+
+def test_explicit_wrapping_does_not_double_count(devkit_logs: CapturedLogs) -> None:
+    devkit.init()
+    app = make_app()
+    app.wsgi_app = devkit.wsgi(app.wsgi_app)  # type: ignore[method-assign]
+    app.test_client().get("/items/1", buffered=True)
+    assert (
+        count("http_requests_total", method="GET", route="/items/<int:item_id>", status_code="200")
+        == 1
+    )
+    assert len(devkit_logs.find(message="request completed")) == 1
+
+
+def test_unmatched_and_errors(devkit_logs: CapturedLogs) -> None:
+    devkit.init()
+    client = make_app().test_client()
+    assert client.get("/no/such/9", buffered=True).status_code == 404
+    assert client.get("/boom", buffered=True).status_code == 500
+    assert count("http_requests_total", method="GET", route="<unmatched>", status_code="404") == 1
+    assert count("http_requests_errors_total", method="GET", route="/boom", status_code="500") == 1
+
+
+def test_errorhandler_logs_carry_the_trace(devkit_logs: CapturedLogs) -> None:
+    devkit.init()
+    assert make_app().test_client().get("/missing", buffered=True).status_code == 410
+    (handled,) = devkit_logs.find(message="handled in errorhandler")
+    (access,) = devkit_logs.find(message="request completed")
+    assert handled["trace_id"] == access["trace_id"] != "0" * 32
+    assert access["status_code"] == 410 and access["level"] == "warn"
+
+
+def test_bound_context_does_not_leak_to_the_next_request(devkit_logs: CapturedLogs) -> None:
+    devkit.init()
+    client = make_app().test_client()
+    client.get("/bind", buffered=True)
+    client.get("/plain", buffered=True)
+    (plain,) = devkit_logs.find(message="plain")
+    assert "user" not in plain
+
+
+def test_streamed_body_is_timed_until_close(devkit_logs: CapturedLogs) -> None:
+    devkit.init()
+    response = make_app().test_client().get("/stream", buffered=True)
+    assert response.data == b"ab"
+    (streaming,) = devkit_logs.find(message="while streaming")
+    (access,) = devkit_logs.find(message="request completed")
+    assert streaming["trace_id"] == access["trace_id"]
+    assert count("http_requests_in_progress", method="GET") == 0
+
+
+def test_probes_and_metrics_served_and_not_logged(devkit_logs: CapturedLogs) -> None:
+    devkit.init()
+    devkit.health.mark_started()
+    client = make_app().test_client()
+    for path in ("/healthz/live", "/healthz/ready", "/healthz/startup", "/metrics"):
+        assert client.get(path, buffered=True).status_code == 200
+    assert devkit_logs.find(message="request completed") == []
+
+
+def test_plain_wsgi_app(devkit_logs: CapturedLogs) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [b"down"]
+
+    devkit.init()
+    from werkzeug.test import Client
+
+    response = Client(devkit.wsgi(app)).get(
+        "/anything", buffered=True, headers={"X-Request-ID": "rid-1"}
+    )
+    assert response.status_code == 503
+    assert response.headers["X-Correlation-ID"] == "rid-1"
+    assert (
+        count("http_requests_errors_total", method="GET", route="<unmatched>", status_code="503")
+        == 1
+    )
