@@ -99,7 +99,7 @@ def _build(runtime: Runtime, environ: dict[str, str]) -> None:
         environ,
         redact=redactor.redact_attributes if redactor is not None else None,
         on_drop=metrics.count_dropped_spans,
-        on_decision=lambda decision, _n: metrics.count_trace_decision(decision),
+        on_decision=metrics.count_trace_decision,
         exporter=runtime.extra.get("span_exporter"),
     )
     runtime.tracing = tracing

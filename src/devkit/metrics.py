@@ -211,6 +211,9 @@ class RedMetrics:
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._error_children: dict[tuple[str, str, int], Any] = {}
         self._in_progress_children: dict[str, Any] = {}
+        # Reasons and decisions are a small fixed set of devkit's own strings.
+        self._drop_children: dict[str, Any] = {}
+        self._decision_children: dict[str, Any] = {}
         self._collectors: list[Collector] = [
             self.requests,
             self.errors,
@@ -293,10 +296,17 @@ class RedMetrics:
         self.internal_errors.labels(component, reason).inc()
 
     def count_dropped_spans(self, reason: str, n: int = 1) -> None:
-        self.spans_dropped.labels(reason).inc(n)
+        child = self._drop_children.get(reason)
+        if child is None:
+            child = self._drop_children[reason] = self.spans_dropped.labels(reason)
+        child.inc(n)
 
-    def count_trace_decision(self, decision: str) -> None:
-        self.traces_sampled.labels(decision).inc()
+    def count_trace_decision(self, decision: str, n: int = 1) -> None:
+        """Called once per request (the root span's decision): label children cached."""
+        child = self._decision_children.get(decision)
+        if child is None:
+            child = self._decision_children[decision] = self.traces_sampled.labels(decision)
+        child.inc(n)
 
     def unregister(self) -> None:
         for collector in self._collectors:

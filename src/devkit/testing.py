@@ -5,6 +5,9 @@ test-suite without imports:
 
 - ``devkit_logs``: captures every rendered log record of the code under test as parsed
   JSON dicts (exactly what reaches stdout, after redaction), and resets devkit afterwards;
+- ``devkit_spans``: every span devkit exported during the test (an in-memory exporter
+  replaces the configured one; tail sampling still decides what is exported);
+- ``devkit_metrics``: ``sample_value(name, labels)`` over the metrics devkit serves;
 - ``devkit_reset``: only the reset: ``devkit.shutdown()`` and cleared request context.
 
 Example::
@@ -24,11 +27,22 @@ from typing import Any
 import orjson
 import pytest
 import structlog
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from devkit import _context, health, logs
+from devkit import _context, _setup, _state, health, logs
 from devkit._setup import shutdown
 
-__all__ = ["CapturedLogs", "devkit_logs", "devkit_reset", "reset"]
+__all__ = [
+    "CapturedLogs",
+    "CapturedSpans",
+    "MetricSamples",
+    "devkit_logs",
+    "devkit_metrics",
+    "devkit_reset",
+    "devkit_spans",
+    "reset",
+]
 
 
 class CapturedLogs:
@@ -88,4 +102,53 @@ def devkit_logs() -> Iterator[CapturedLogs]:
         yield captured
     finally:
         logs.remove_tap(captured._tap)
+        reset()
+
+
+class CapturedSpans:
+    """Spans exported by devkit during a test (after tail sampling)."""
+
+    def __init__(self, exporter: InMemorySpanExporter) -> None:
+        self.exporter = exporter
+
+    @property
+    def spans(self) -> list[ReadableSpan]:
+        """Every exported span; pending kept spans are flushed first."""
+        _setup.flush(5.0)
+        return list(self.exporter.get_finished_spans())
+
+    def find(self, name: str) -> list[ReadableSpan]:
+        return [s for s in self.spans if s.name == name]
+
+
+@pytest.fixture
+def devkit_spans() -> Iterator[CapturedSpans]:
+    """Export devkit's spans to memory for the test; reset devkit afterwards."""
+    exporter = InMemorySpanExporter()
+    _setup.components["span_exporter"] = exporter
+    try:
+        yield CapturedSpans(exporter)
+    finally:
+        _setup.components.pop("span_exporter", None)
+        reset()
+
+
+class MetricSamples:
+    """Reads the samples devkit serves at ``/metrics``."""
+
+    def sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """The value of sample ``name`` with exactly ``labels``, or None if absent."""
+        runtime = _state.current()
+        if runtime is None or runtime.metrics is None:
+            return None
+        value = runtime.metrics.registry.get_sample_value(name, labels or {})
+        return None if value is None else float(value)
+
+
+@pytest.fixture
+def devkit_metrics() -> Iterator[MetricSamples]:
+    """Metric samples of the code under test; reset devkit afterwards."""
+    try:
+        yield MetricSamples()
+    finally:
         reset()

@@ -221,16 +221,15 @@ class Instruments:
         span = ex.span
         if span is not None:
             span.update_name(f"{ex.method_label} {route}")
+            attributes: dict[str, Any] = {"http.response.status_code": status}
             if route != UNMATCHED:
-                span.set_attribute("http.route", route)
-            span.set_attribute("http.response.status_code", status)
+                attributes["http.route"] = route
             if error:
-                span.set_attribute(
-                    "error.type", _qualified(exc) if exc is not None else str(status)
-                )
+                attributes["error.type"] = _qualified(exc) if exc is not None else str(status)
                 if exc is not None:
                     span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR))
+            span.set_attributes(attributes)
             span.end()
             if self.exemplars and self.processor is not None:
                 tid = span.get_span_context().trace_id
