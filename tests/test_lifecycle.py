@@ -95,5 +95,6 @@ def test_public_api_is_exactly_all() -> None:
         "middleware",
         "tracing",
         "integrations",
+        "cli",
     }
     assert public == set(devkit.__all__) - {"__version__"}

@@ -81,12 +81,32 @@ class DevkitMiddleware:
             inst.finish(ex, _route(request), 500, exc)
             raise
         response[CORRELATION_HEADER] = ex.cid
+        _log_response_in_context(request, response)
         inst.finish(ex, _route(request), response.status_code, getattr(request, _EXC_ATTR, None))
         return response
 
     def process_exception(self, request: Any, exception: Exception) -> None:
         setattr(request, _EXC_ATTR, exception)
         return None
+
+
+def _log_response_in_context(request: Any, response: Any) -> None:
+    """Write Django's own "Not Found: /x" record while the request context is attached.
+
+    Django logs 4xx (and non-exception 5xx) responses after the middleware chain returned,
+    when devkit has already detached the trace and correlation id; logging it here marks
+    the response as logged, so Django does not log it again without context.
+    """
+    if response.status_code < 400 or getattr(response, "_has_been_logged", False):
+        return
+    try:
+        from django.utils.log import log_response
+
+        log_response(
+            "%s: %s", response.reason_phrase, request.path, response=response, request=request
+        )
+    except Exception as exc:
+        _errors.report("integrations", "django_log_response_failed", exc)
 
 
 def _metrics_response(inst: Instruments, meta: dict[str, Any]) -> Any:

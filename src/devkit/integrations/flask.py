@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from devkit.middleware._common import ROUTE_KEY
+from devkit.middleware._common import EXCEPTION_KEY, ROUTE_KEY
 from devkit.middleware.wsgi import WSGIMiddleware
 
-__all__ = ["enable", "record_route"]
+__all__ = ["enable", "record_exception", "record_route"]
 
 _PATCH_FLAG = "_devkit_patched"
 
@@ -25,6 +25,14 @@ def record_route(sender: Any, **_: Any) -> None:
     rule = request.url_rule
     if rule is not None:
         request.environ[ROUTE_KEY] = rule.rule
+
+
+def record_exception(sender: Any, exception: BaseException, **_: Any) -> None:
+    """``got_request_exception`` receiver: Flask turns the exception into a 500 response
+    inside ``wsgi_app``, so the middleware would only see the status."""
+    from flask import request
+
+    request.environ[EXCEPTION_KEY] = exception
 
 
 def enable() -> Callable[[], None]:
@@ -40,9 +48,11 @@ def enable() -> Callable[[], None]:
     setattr(wsgi_app, _PATCH_FLAG, True)
     flask.Flask.wsgi_app = wsgi_app  # type: ignore[method-assign]
     flask.request_started.connect(record_route)
+    flask.got_request_exception.connect(record_exception)
 
     def undo() -> None:
         flask.Flask.wsgi_app = original  # type: ignore[method-assign]
         flask.request_started.disconnect(record_route)
+        flask.got_request_exception.disconnect(record_exception)
 
     return undo

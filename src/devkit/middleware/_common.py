@@ -28,12 +28,21 @@ from devkit.redaction import Redactor
 from devkit.tracing.propagation import extract
 from devkit.tracing.provider import Tracing
 
-__all__ = ["ACTIVE_KEY", "Exchange", "Instruments", "valid_correlation_id"]
+__all__ = [
+    "ACTIVE_KEY",
+    "EXCEPTION_KEY",
+    "ROUTE_KEY",
+    "Exchange",
+    "Instruments",
+    "valid_correlation_id",
+]
 
 #: Set in the ASGI scope / WSGI environ by the outermost devkit layer: inner ones pass through.
 ACTIVE_KEY = "devkit.active"
 #: Frameworks without a router in the scope can name the route template here.
 ROUTE_KEY = "devkit.route"
+#: Frameworks that turn an exception into a 500 response themselves (Flask) leave it here.
+EXCEPTION_KEY = "devkit.exception"
 CORRELATION_HEADER = "X-Correlation-ID"
 BAGGAGE_CORRELATION_KEY = "correlation_id"
 _MAX_LOGGED_PATH = 2048

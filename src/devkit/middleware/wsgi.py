@@ -18,6 +18,7 @@ from devkit.metrics import exposition, scrape_registry
 from devkit.middleware._common import (
     ACTIVE_KEY,
     CORRELATION_HEADER,
+    EXCEPTION_KEY,
     ROUTE_KEY,
     Exchange,
     Instruments,
@@ -163,7 +164,7 @@ class _ClosingBody:
                 self._ex,
                 self._environ.get(ROUTE_KEY),
                 self._ex.status,
-                self._error,
+                self._error or self._environ.get(EXCEPTION_KEY),
             )
 
     def __del__(self) -> None:
