@@ -114,6 +114,12 @@ def _build(runtime: Runtime, environ: dict[str, str]) -> None:
     runtime.health = registry
     closers.append(("health", lambda _t: registry.stop()))
 
+    from devkit._signals import chain_sigterm
+
+    undo_signal = chain_sigterm(registry.begin_shutdown)
+    if undo_signal is not None:
+        closers.append(("health", _ignore_timeout(undo_signal)))
+
     runtime.instruments = Instruments(
         settings,
         metrics=metrics,
@@ -123,6 +129,18 @@ def _build(runtime: Runtime, environ: dict[str, str]) -> None:
         redactor=redactor,
         propagators_from_env=_custom_propagators(environ),
     )
+
+    if settings.metrics_port is not None:
+        from devkit._metrics_server import MetricsServer
+
+        try:
+            server = MetricsServer(runtime.instruments, settings.metrics_port).start()
+        except OSError as exc:
+            # e.g. several gunicorn workers: the first one serves the merged metrics.
+            _errors.report("metrics_server", "port_unavailable", detail=str(exc))
+        else:
+            runtime.extra["metrics_server"] = server
+            closers.append(("metrics_server", server.stop))
 
     from devkit import integrations
 
@@ -144,6 +162,28 @@ def _custom_propagators(environ: dict[str, str]) -> bool:
     return bool(configured) and configured not in ("tracecontext,baggage", "baggage,tracecontext")
 
 
+def _drain(runtime: Runtime, deadline: float) -> int:
+    """Wait (bounded) for in-flight requests of other threads; the number left unfinished."""
+    inst = runtime.instruments
+    if inst is None:
+        return 0
+    while inst.in_flight > 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return inst.in_flight
+
+
+def _flush_runtime(runtime: Runtime, timeout_s: float) -> bool:
+    if runtime.tracing is None:
+        return True
+    try:
+        runtime.tracing.processor.force_flush()
+        exporter = runtime.tracing.exporter
+        return exporter.force_flush(timeout_s) if exporter is not None else True
+    except Exception as exc:
+        _errors.report("tracing", "flush_failed", exc)
+        return False
+
+
 def flush(timeout_s: float | None = None) -> bool:
     """Export every kept span now (pending traces are decided), within ``timeout_s``.
 
@@ -151,16 +191,10 @@ def flush(timeout_s: float | None = None) -> bool:
     SIGTERM after its shutdown never runs ``atexit`` handlers.
     """
     runtime = _state.current()
-    if runtime is None or runtime.tracing is None:
+    if runtime is None:
         return True
     timeout = timeout_s if timeout_s is not None else runtime.settings.shutdown_timeout_s
-    try:
-        runtime.tracing.processor.force_flush()
-        exporter = runtime.tracing.exporter
-        return exporter.force_flush(timeout) if exporter is not None else True
-    except Exception as exc:
-        _errors.report("tracing", "flush_failed", exc)
-        return False
+    return _flush_runtime(runtime, timeout)
 
 
 def shutdown(timeout_s: float | None = None) -> None:

@@ -140,6 +140,10 @@ class ASGIMiddleware:
                     self._start_loop_monitors(inst)
                     if inst.health is not None:
                         inst.health.mark_started()
+                        # uvicorn installed its signal handlers after init(): chain again.
+                        from devkit._signals import chain_sigterm
+
+                        chain_sigterm(inst.health.begin_shutdown)
             elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 # Flush before the server exits: uvicorn re-raises SIGTERM afterwards, and
                 # a process killed by a signal never runs atexit handlers.

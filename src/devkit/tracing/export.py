@@ -55,7 +55,6 @@ class BatchExporter:
         max_queue_size: int = 8192,
         max_batch_size: int = 512,
         schedule_delay_s: float = 1.0,
-        export_timeout_s: float = 10.0,
         redact: Redact | None = None,
         on_drop: Count | None = None,
     ) -> None:
@@ -64,7 +63,6 @@ class BatchExporter:
         self._max_queue = max_queue_size
         self._max_batch = max_batch_size
         self._delay = schedule_delay_s
-        self._export_timeout = export_timeout_s
         self._redact = redact
         self._on_drop = on_drop or (lambda reason, n: None)
         self._init_state()
@@ -80,6 +78,8 @@ class BatchExporter:
         self._pid = os.getpid()
         self._closed = False
         self._exporting = 0
+        #: Spans handed to the exporter successfully since start (or since the fork).
+        self.exported = 0
 
     def _reinit_after_fork(self) -> None:
         # The parent's thread does not exist here and its lock may be held: start over.
@@ -140,7 +140,9 @@ class BatchExporter:
             _errors.report("exporter", "export_raised", detail=f"{type(exc).__name__}: {exc}")
             self._on_drop("export_failed", len(batch))
         else:
-            if result is not SpanExportResult.SUCCESS:
+            if result is SpanExportResult.SUCCESS:
+                self.exported += len(batch)
+            else:
                 _errors.report("exporter", "export_failed")
                 self._on_drop("export_failed", len(batch))
         finally:

@@ -1,0 +1,338 @@
+"""Turn round samples into the results document (JSON) and the markdown table.
+
+All ratios come from one run: overheads are ``median(variant) - median(bare)`` measured
+in the same interleaved rounds, so they are comparable with each other even though the
+absolute numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from benchmarks import stats
+from benchmarks.runner import ROOT, RunResult, VariantRun
+from benchmarks.suites import SUITES, Suite
+
+__all__ = ["analyse", "gate_outcomes", "machine_info", "markdown", "write_results"]
+
+
+def source_info() -> dict[str, Any]:
+    """Which devkit was measured: results from a dirty tree are not comparable to a commit."""
+    info: dict[str, Any] = {}
+    try:
+        info["devkit_version"] = metadata.version("devkit-observability")
+    except metadata.PackageNotFoundError:
+        info["devkit_version"] = None
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return info
+    info["git_commit"] = head.stdout.strip()
+    info["src_modified_files"] = len(dirty.stdout.splitlines())
+    return info
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+    }
+
+
+def _summary_dict(summary: stats.Summary, unit: str, prefix: str = "") -> dict[str, float]:
+    return {
+        f"{prefix}median_{unit}": round(summary.median, 3),
+        f"{prefix}min_{unit}": round(summary.minimum, 3),
+        f"{prefix}max_{unit}": round(summary.maximum, 3),
+    }
+
+
+def _export(vrun: VariantRun) -> dict[str, Any] | None:
+    if not vrun.traffic or vrun.operations == 0:
+        return None
+    spans = [t.spans for t in vrun.traffic]
+    total_bytes = sum(t.bytes for t in vrun.traffic)
+    out: dict[str, Any] = {
+        "posts": sum(t.requests for t in vrun.traffic),
+        "bytes": total_bytes,
+        "bytes_per_request": round(total_bytes / vrun.operations, 1),
+    }
+    if all(s is not None for s in spans):
+        total_spans = sum(s for s in spans if s is not None)
+        out["spans"] = total_spans
+        out["spans_per_request"] = round(total_spans / vrun.operations, 3)
+    return out
+
+
+def _compare(samples: dict[str, list[float]], suite: Suite, prefix: str) -> dict[str, Any]:
+    """Per variant: summary, overhead vs bare and overhead ratio vs the stack."""
+    summaries = {name: stats.summarize(values) for name, values in samples.items() if values}
+    bare = summaries.get(suite.baseline)
+    stack = summaries.get(suite.reference) if suite.reference else None
+    stack_overhead = stats.overhead(stack, bare) if stack and bare else None
+    out: dict[str, Any] = {}
+    for name, summary in summaries.items():
+        entry: dict[str, Any] = _summary_dict(summary, "us", prefix)
+        entry[f"{prefix}samples_us"] = [round(v, 3) for v in samples[name]]
+        if bare is not None:
+            over = stats.overhead(summary, bare)
+            entry[f"{prefix}overhead_us"] = round(over, 3)
+            entry[f"{prefix}ratio_to_bare"] = round(summary.median / bare.median, 3)
+            if stack_overhead is not None and name != suite.baseline:
+                ratio = stats.overhead_ratio(over, stack_overhead)
+                entry[f"{prefix}overhead_ratio_to_stack"] = (
+                    None if ratio is None else round(ratio, 3)
+                )
+        out[name] = entry
+    return out
+
+
+def _http_suite(suite: Suite, runs: dict[str, VariantRun]) -> dict[str, Any]:
+    ok = {name: vrun for name, vrun in runs.items() if vrun.status == "ok"}
+    wall = _compare({n: v.samples.get("request", []) for n, v in ok.items()}, suite, "")
+    cpu = _compare({n: v.cpu_samples.get("request", []) for n, v in ok.items()}, suite, "cpu_")
+    variants: dict[str, Any] = {}
+    for name, vrun in runs.items():
+        entry: dict[str, Any] = {"status": vrun.status}
+        if vrun.reason:
+            entry["reason"] = vrun.reason
+        entry.update(wall.get(name, {}))
+        entry.update(cpu.get(name, {}))
+        export = _export(vrun)
+        if export is not None and export["posts"]:
+            entry["export"] = export
+            entry["final_flush_us"] = vrun.flush_us
+        if vrun.warnings:
+            entry["warnings"] = vrun.warnings
+        variants[name] = entry
+    return {
+        "unit": "us/request",
+        "baseline": suite.baseline,
+        "reference": suite.reference,
+        "variants": variants,
+    }
+
+
+def _logging_suite(suite: Suite, runs: dict[str, VariantRun]) -> dict[str, Any]:
+    rates: dict[str, dict[str, stats.Summary]] = {}
+    for name, vrun in runs.items():
+        if vrun.status == "ok":
+            rates[name] = {
+                case: stats.summarize([stats.per_second(us) for us in samples])
+                for case, samples in vrun.samples.items()
+            }
+    base = rates.get(suite.baseline, {})
+    variants: dict[str, Any] = {}
+    for name, vrun in runs.items():
+        entry: dict[str, Any] = {"status": vrun.status}
+        if vrun.reason:
+            entry["reason"] = vrun.reason
+        for case, summary in rates.get(name, {}).items():
+            case_entry: dict[str, Any] = _summary_dict(summary, "per_s")
+            case_entry["us_per_record_median"] = round(
+                stats.summarize(vrun.samples[case]).median, 3
+            )
+            if vrun.cpu_samples.get(case):
+                case_entry["cpu_us_per_record_median"] = round(
+                    stats.summarize(vrun.cpu_samples[case]).median, 3
+                )
+            if case in base:
+                case_entry["ratio_to_baseline"] = round(summary.median / base[case].median, 3)
+            entry[case] = case_entry
+        if vrun.warnings:
+            entry["warnings"] = vrun.warnings
+        variants[name] = entry
+    return {
+        "unit": "records/s",
+        "baseline": suite.baseline,
+        "cases": list(suite.measures),
+        "variants": variants,
+    }
+
+
+def analyse(result: RunResult) -> dict[str, Any]:
+    """The results document: machine, run settings and per-suite numbers."""
+    plan = result.plan
+    suites: dict[str, Any] = {}
+    for name, runs in result.variants.items():
+        suite = SUITES[name]
+        suites[name] = _http_suite(suite, runs) if suite.is_http else _logging_suite(suite, runs)
+    return {
+        "machine": machine_info(),
+        "run": {
+            "rounds": plan.rounds,
+            "requests_per_round": plan.requests,
+            "records_per_round": plan.records,
+            "seed": plan.seed,
+            "duration_s": round(result.duration_s, 1),
+        },
+        "source": source_info(),
+        "suites": suites,
+    }
+
+
+def gate_outcomes(doc: dict[str, Any], devkit: str = "devkit") -> dict[str, stats.Outcome]:
+    """Per suite: devkit's overhead ratio to the stack (HTTP) or throughput ratio (logging)."""
+    outcomes: dict[str, stats.Outcome] = {}
+    for name, data in doc["suites"].items():
+        entry = data["variants"].get(devkit)
+        if entry is None:
+            outcomes[name] = f"the {devkit} variant was not run"
+            continue
+        if entry["status"] != "ok":
+            outcomes[name] = f"the {devkit} variant is {entry['status']}: {entry.get('reason')}"
+            continue
+        if data["unit"] == "records/s":
+            ratios = [
+                entry[c]["ratio_to_baseline"]
+                for c in data["cases"]
+                if "ratio_to_baseline" in entry.get(c, {})
+            ]
+            # The claim must hold for every record shape, so the worst case is gated.
+            outcomes[name] = min(ratios) if ratios else "the baseline logger was not measured"
+            continue
+        ratio = entry.get("overhead_ratio_to_stack")
+        if ratio is None:
+            outcomes[name] = "the stack's overhead was not measured or not above zero"
+        else:
+            outcomes[name] = float(ratio)
+    return outcomes
+
+
+# -- markdown -----------------------------------------------------------------------------
+
+
+def _fmt(value: Any, spec: str = ".1f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _http_markdown(name: str, data: dict[str, Any], rounds: int) -> list[str]:
+    lines = [
+        f"### {name} — µs per request (median of {rounds} rounds)",
+        "",
+        "| variant | median | min | max | overhead | x bare | overhead / stack "
+        "| CPU overhead | CPU overhead / stack | spans/req exported | export B/req |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    notes = []
+    for variant, e in data["variants"].items():
+        if e["status"] != "ok":
+            lines.append(f"| {variant} | {e['status']} |" + " |" * 9)
+            notes.append(f"- **{variant}** {e['status']}: {e.get('reason', '')}")
+            continue
+        export = e.get("export") or {}
+        lines.append(
+            f"| {variant} | {_fmt(e['median_us'])} | {_fmt(e['min_us'])} | {_fmt(e['max_us'])} "
+            f"| {_fmt(e.get('overhead_us'), '+.1f')} | {_fmt(e.get('ratio_to_bare'), '.2f')} "
+            f"| {_fmt(e.get('overhead_ratio_to_stack'), '.2f')} "
+            f"| {_fmt(e.get('cpu_overhead_us'), '+.1f')} "
+            f"| {_fmt(e.get('cpu_overhead_ratio_to_stack'), '.2f')} "
+            f"| {_fmt(export.get('spans_per_request'), '.2f')} "
+            f"| {_fmt(export.get('bytes_per_request'), '.0f')} |"
+        )
+        notes.extend(f"- **{variant}** worker said: `{w}`" for w in e.get("warnings", [])[:3])
+    return [*lines, "", *notes, ""] if notes else [*lines, ""]
+
+
+def _logging_markdown(data: dict[str, Any], rounds: int) -> list[str]:
+    cases = data["cases"]
+    head = "| variant |" + "".join(
+        f" {c} records/s | min-max | x {data['baseline']} |" for c in cases
+    )
+    lines = [
+        f"### logging — records per second (median of {rounds} rounds)",
+        "",
+        head,
+        "|---|" + "--:|--:|--:|" * len(cases),
+    ]
+    notes = []
+    for variant, e in data["variants"].items():
+        if e["status"] != "ok":
+            lines.append(f"| {variant} |" + " |" * (3 * len(cases)))
+            notes.append(f"- **{variant}** {e['status']}: {e.get('reason', '')}")
+            continue
+        row = f"| {variant} |"
+        for c in cases:
+            ce = e[c]
+            row += (
+                f" {ce['median_per_s']:,.0f} | {ce['min_per_s']:,.0f}-{ce['max_per_s']:,.0f} "
+                f"| {_fmt(ce.get('ratio_to_baseline'), '.2f')} |"
+            )
+        lines.append(row)
+    lines.append("")
+    lines.append(
+        'Cases: `plain` = `info("order placed", order_id=..., amount=..., user_id=...)`; '
+        '`pii` = `info("login for ada@example.com", card="4111 1111 1111 1111")`.'
+    )
+    return [*lines, "", *notes, ""] if notes else [*lines, ""]
+
+
+def _describe_source(source: dict[str, Any]) -> str:
+    text = f"devkit {source.get('devkit_version') or 'unknown version'}"
+    if source.get("git_commit"):
+        text += f" at {source['git_commit'][:12]}"
+        if source.get("src_modified_files"):
+            text += f" with {source['src_modified_files']} uncommitted change(s) in src/"
+    return text
+
+
+def markdown(doc: dict[str, Any], gate: stats.GateReport | None = None) -> str:
+    machine, run = doc["machine"], doc["run"]
+    lines = [
+        "## devkit benchmarks",
+        "",
+        f"Python {machine['python']} on {machine['platform']}, {machine['cpu_count']} CPUs; "
+        f"{run['rounds']} interleaved rounds, {run['requests_per_round']} requests / "
+        f"{run['records_per_round']} records per worker, {run['duration_s']} s; "
+        f"{_describe_source(doc.get('source', {}))}.",
+        "Overhead = median(variant) - median(bare). `overhead / stack` compares with the "
+        "hand-assembled stack (OTel + Prometheus + correlation id + structlog access log). "
+        "CPU columns: the same from the worker's CPU time (all its threads, export included), "
+        "which other tenants of a busy machine do not inflate.",
+        "",
+    ]
+    for name, data in doc["suites"].items():
+        if data["unit"] == "records/s":
+            lines += _logging_markdown(data, run["rounds"])
+        else:
+            lines += _http_markdown(name, data, run["rounds"])
+    if gate is not None:
+        lines += [
+            "### gate: " + ("PASSED" if gate.passed else "FAILED"),
+            "",
+            "```",
+            *gate.lines,
+            "```",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def write_results(doc: dict[str, Any], text: str, directory: Path) -> None:
+    """Write ``latest.json`` and ``latest.md`` atomically (a reader never sees half)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, content in (
+        ("latest.json", json.dumps(doc, indent=2, ensure_ascii=False) + "\n"),
+        ("latest.md", text),
+    ):
+        tmp = directory / (name + ".tmp")
+        tmp.write_text(content, encoding="utf-8")
+        tmp.replace(directory / name)

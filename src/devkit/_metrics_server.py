@@ -1,0 +1,79 @@
+"""The ``DEVKIT_METRICS_PORT`` server: /metrics and the probes on a port of their own.
+
+A small threaded HTTP server outside the application's event loop and workers. Scrapes
+never queue behind application requests, and the probes keep answering while the app is
+draining (uvicorn closes its listening socket at SIGTERM) or while its event loop is
+blocked — so ``/healthz/live`` here reports a wedged loop as 503 instead of timing out.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from typing import TYPE_CHECKING, Any
+
+from devkit import _errors
+from devkit.metrics import exposition, scrape_registry
+
+if TYPE_CHECKING:
+    from devkit.middleware._common import Instruments
+
+__all__ = ["MetricsServer"]
+
+
+class MetricsServer:
+    """Serves ``metrics_path`` and ``health_path/{startup,ready,live}`` on ``port``."""
+
+    def __init__(self, instruments: Instruments, port: int, host: str = "0.0.0.0") -> None:
+        self._instruments = instruments
+        self._server = http.server.ThreadingHTTPServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="devkit-metrics-server", daemon=True
+        )
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self, _timeout_s: float = 0.0) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler_class(self) -> type[http.server.BaseHTTPRequestHandler]:
+        inst = self._instruments
+        metrics_path = inst.settings.metrics_path
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            server_version = "devkit"
+            sys_version = ""
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                try:
+                    if path == metrics_path and inst.metrics is not None:
+                        registry = scrape_registry(inst.metrics.registry, inst.metrics.exemplars)
+                        body, content_type = exposition(registry, self.headers.get("Accept"))
+                        self._reply(200, content_type, body)
+                    elif path in inst.probes and inst.health is not None:
+                        result = inst.health.evaluate(inst.probes[path])
+                        self._reply(result.http_status, "application/json", result.body())
+                    else:
+                        self._reply(404, "text/plain", b"not found\n")
+                except Exception as exc:
+                    _errors.report("metrics_server", "request_failed", exc)
+                    self._reply(500, "text/plain", b"internal error\n")
+
+            def _reply(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:  # scrapes and probes are not logged
+                pass
+
+        return Handler
