@@ -17,7 +17,7 @@ from typing import Any
 
 from opentelemetry import baggage, context, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, Status, StatusCode
 
 from devkit import _context, _errors
 from devkit.config import Settings
@@ -121,7 +121,7 @@ class Instruments:
         self.settings = settings
         self.metrics = metrics
         self.tracing = tracing
-        self.tracer = tracing.tracer if tracing is not None else None
+        self.tracer = tracing.server_spans if tracing is not None else None
         self.processor = tracing.processor if tracing is not None else None
         self.exemplars = tracing is not None and tracing.exports
         self.logs = logs
@@ -173,9 +173,8 @@ class Instruments:
             }
             if method_label == "_OTHER":
                 attributes["http.request.method_original"] = method[:64]
-            span = self.tracer.start_span(
-                method_label, ctx, SpanKind.SERVER, attributes, None, time.time_ns()
-            )
+            parent_span = trace.get_current_span(ctx).get_span_context()
+            span = self.tracer.start(method_label, parent_span, attributes)
             ctx = trace.set_span_in_context(span, ctx)
             ex.span = span
         else:

@@ -131,7 +131,10 @@ class BatchExporter:
 
     def _export(self, batch: list[ReadableSpan]) -> None:
         if self._redact is not None:
-            batch = [self._redacted(span) for span in batch]
+            batch = [r for r in (self._redacted(span) for span in batch) if r is not None]
+        else:
+            # devkit's lean server spans become SDK spans only here, for kept traces.
+            batch = [s.to_readable() if hasattr(s, "to_readable") else s for s in batch]
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
             result = self._exporter.export(batch)
@@ -155,6 +158,9 @@ class BatchExporter:
             events = [
                 Event(e.name, self._redact(e.attributes or {}), e.timestamp) for e in span.events
             ]
+            readable = getattr(span, "to_readable", None)
+            if readable is not None:
+                return readable(attributes, events)  # type: ignore[no-any-return]
             return ReadableSpan(
                 name=span.name,
                 context=span.context,
@@ -170,8 +176,10 @@ class BatchExporter:
                 instrumentation_scope=span.instrumentation_scope,
             )
         except Exception as exc:
-            _errors.report("exporter", "redaction_failed", exc)
-            return span
+            # Never export an unredacted span: drop it and count.
+            _errors.report("exporter", "redaction_failed", detail=str(exc))
+            self._on_drop("redaction_failed", 1)
+            return None  # type: ignore[return-value]
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from devkit.config import Settings
 from devkit.exceptions import ConfigError
 from devkit.tracing.export import BatchExporter
 from devkit.tracing.sampling import ErrorBiasedSampler, SamplingLimits, TailSamplingProcessor
+from devkit.tracing.span import ServerSpanFactory
 
 __all__ = ["ProxyTracerProvider", "Tracing", "build_tracing", "proxy_provider"]
 
@@ -158,6 +159,7 @@ class Tracing:
 
     provider: TracerProvider
     tracer: trace.Tracer
+    server_spans: ServerSpanFactory
     processor: TailSamplingProcessor
     exporter: BatchExporter | None
     exports: bool
@@ -259,6 +261,11 @@ def build_tracing(
     tracing = Tracing(
         provider=provider,
         tracer=provider.get_tracer("devkit"),
+        server_spans=ServerSpanFactory(
+            ratio=settings.sample_success_ratio,
+            resource=lambda: provider.resource,
+            on_end=processor.on_end,
+        ),
         processor=processor,
         exporter=batch,
         exports=batch is not None,

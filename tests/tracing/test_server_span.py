@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
+
+from devkit.tracing.sampling import ratio_keeps
+from devkit.tracing.span import ServerSpan, ServerSpanFactory
+
+
+def factory(ratio: float = 0.1) -> tuple[ServerSpanFactory, list[Any]]:
+    ended: list[Any] = []
+    resource = Resource.create({"service.name": "svc"})
+    return ServerSpanFactory(ratio=ratio, resource=lambda: resource, on_end=ended.append), ended
+
+
+def remote(trace_id: int, sampled: bool) -> SpanContext:
+    return SpanContext(trace_id, 0xABC, True, TraceFlags(1 if sampled else 0))
+
+
+def test_head_flag_follows_parent_based_trace_id_ratio() -> None:
+    f, _ = factory(0.25)
+    for tid in range(1, 2**64, 2**58):
+        span = f.start("GET", remote(tid, False), {})
+        assert bool(span.context.trace_flags.sampled) is ratio_keeps(tid, 0.25)
+        assert span.context.trace_id == tid and span.parent is not None
+    assert f.start("GET", remote(5, True), {}).context.trace_flags.sampled
+    root = f.start("GET", None, {})
+    assert root.parent is None and root.context.trace_id != 0
+    assert root.context.trace_flags & TraceFlags.RANDOM_TRACE_ID
+
+
+def test_span_api_records_what_application_code_adds() -> None:
+    f, ended = factory()
+    span = f.start("GET", None, {"http.request.method": "GET"})
+    span.set_attribute("user.id", 42)
+    span.set_attributes({"tags": ["a", "b"], "bad": object()})  # type: ignore[dict-item]
+    span.add_event("cache miss", {"key": "k"})
+    span.update_name("GET /items/{id}")
+    span.set_status(Status(StatusCode.ERROR, "boom"))
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        span.record_exception(exc)
+    assert span.is_recording()
+    span.end()
+    span.end()  # idempotent
+    span.set_attribute("late", 1)
+    assert ended == [span]
+    assert not span.is_recording()
+    assert span.attributes == {"http.request.method": "GET", "user.id": 42, "tags": ["a", "b"]}
+    assert [e.name for e in span.events] == ["cache miss", "exception"]
+    assert span.events[1].attributes is not None
+    assert span.events[1].attributes["exception.type"] == "KeyError"
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.end_time is not None and span.end_time >= span.start_time
+
+
+def test_ok_status_is_final() -> None:
+    f, _ = factory()
+    span = f.start("GET", None, {})
+    span.set_status(StatusCode.OK)
+    span.set_status(StatusCode.ERROR)
+    assert span.status.status_code is StatusCode.OK
+
+
+def test_sdk_child_spans_take_it_as_parent() -> None:
+    f, _ = factory()
+    server = f.start("GET", None, {})
+    child_tracer = TracerProvider(sampler=ALWAYS_ON).get_tracer("child")
+    with child_tracer.start_as_current_span("db", context=trace.set_span_in_context(server)) as c:
+        pass
+    assert c.parent is not None
+    assert c.parent.span_id == server.context.span_id
+    assert c.get_span_context().trace_id == server.context.trace_id
+
+
+def test_to_readable_for_export() -> None:
+    f, _ = factory()
+    span = f.start("GET", remote(7, True), {"a": 1})
+    span.end()
+    readable = span.to_readable()
+    assert isinstance(readable, ReadableSpan)
+    assert readable.kind is SpanKind.SERVER
+    assert readable.resource.attributes["service.name"] == "svc"
+    assert readable.instrumentation_scope is not None
+    assert readable.instrumentation_scope.name == "devkit"
+    assert dict(readable.attributes or {}) == {"a": 1}
+    redacted = span.to_readable({"a": "[REDACTED:secret]"}, [])
+    assert dict(redacted.attributes or {}) == {"a": "[REDACTED:secret]"}
+
+
+def test_current_span_is_visible_through_the_api() -> None:
+    f, _ = factory()
+    span = f.start("GET", None, {})
+    token = trace.context_api.attach(trace.set_span_in_context(span))
+    try:
+        current = trace.get_current_span()
+        assert isinstance(current, ServerSpan)
+        assert not isinstance(current, NonRecordingSpan)
+    finally:
+        trace.context_api.detach(token)
