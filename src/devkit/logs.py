@@ -126,7 +126,7 @@ class LogPipeline:
     # -- processing -------------------------------------------------------------------
 
     def finalize(
-        self, level: str, event: EventDict, created: float | None = None
+        self, level: str, event: EventDict, created: float | None = None, redact: bool = True
     ) -> dict[str, Any]:
         """Build the output record: SPEC fields first, caller fields, context, error."""
         message = event.pop("event", "")
@@ -157,7 +157,10 @@ class LogPipeline:
             if error is not None:
                 record["error"] = error
         if self.redactor is not None:
-            self.redactor.redact_fields(record, _NOT_REDACTED)
+            if redact:
+                self.redactor.redact_fields(record, _NOT_REDACTED)
+            elif "error" in record:
+                record["error"] = self.redactor.redact(record["error"])
         return record
 
     def render(self, record: dict[str, Any]) -> bytes:
@@ -185,13 +188,19 @@ class LogPipeline:
         for tap in _TAPS:
             tap(line)
 
-    def emit(self, level: str, event: EventDict, created: float | None = None) -> None:
-        """Process, render and write one record; never raises into the caller."""
+    def emit(
+        self, level: str, event: EventDict, created: float | None = None, redact: bool = True
+    ) -> None:
+        """Process, render and write one record; never raises into the caller.
+
+        ``redact=False`` is for devkit's own records whose fields it already redacted
+        (the access record: only its path can carry PII); an exception is still redacted.
+        """
         if _IN_PIPELINE.get():
             return
         token = _IN_PIPELINE.set(True)
         try:
-            self.write(self.render(self.finalize(level, event, created)))
+            self.write(self.render(self.finalize(level, event, created, redact)))
         except Exception as exc:
             _errors.report("logs", "emit_failed", exc)
         finally:

@@ -214,3 +214,11 @@ def test_exemplars_only_for_kept_traces(
     assert om.headers["content-type"].startswith("application/openmetrics-text")
     lines = [line for line in om.text.splitlines() if "# {trace_id=" in line]
     assert lines and all('route="/boom"' in line for line in lines)
+
+
+def test_access_record_redacts_pii_in_the_path(devkit_logs: CapturedLogs) -> None:
+    devkit.init()
+    call(make_app(), "/api/users/ada@example.com?card=4111111111111111")
+    (access,) = devkit_logs.find(message="request completed")
+    assert access["path"] == "/api/users/[REDACTED:email]?card=[REDACTED]"
+    assert access["route"] == "/api/users/{uid}"

@@ -259,6 +259,8 @@ class Instruments:
             path = ex.path if len(ex.path) <= _MAX_LOGGED_PATH else ex.path[:_MAX_LOGGED_PATH]
             if ex.query:
                 path = f"{path}?{redact_query(ex.query)}"
+            if self.redactor is not None:
+                path = self.redactor.redact_str(path)
             event: dict[str, Any] = {
                 "event": "request completed",
                 "logger": "devkit.access",
@@ -270,7 +272,8 @@ class Instruments:
             }
             if exc is not None and error:
                 event["exc_info"] = exc
-            self.logs.emit(level, event)
+            # Every other field is devkit's own (a method label, a route template, numbers).
+            self.logs.emit(level, event, redact=False)
 
     def _extract(self, get_header: Callable[[str], Sequence[str]]) -> Context:
         if self._propagators_from_env:
