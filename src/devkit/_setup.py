@@ -88,6 +88,10 @@ def _build(runtime: Runtime, environ: dict[str, str]) -> None:
     metrics = RedMetrics(REGISTRY, buckets=buckets_for(settings.slow_threshold_ms / 1000.0))
     runtime.metrics = metrics
     closers.append(("metrics", lambda _t: metrics.unregister()))
+
+    from devkit import _loop
+
+    closers.append(("metrics", lambda _t: _loop.detach_all()))
     for (component, reason), n in _errors.counts().items():
         metrics.internal_errors.labels(component, reason).inc(n)
     _errors.add_listener(metrics.count_internal_error)
