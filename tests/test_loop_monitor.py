@@ -16,7 +16,7 @@ def test_lag_monitor_observes_a_blocked_loop_and_stops_cleanly() -> None:
     async def main() -> None:
         _loop.attach(asyncio.get_running_loop(), runtime.instruments)  # type: ignore[arg-type]
         await asyncio.sleep(0.1)
-        time.sleep(0.8)  # block the loop past the 0.5 s tick
+        time.sleep(0.8)  # noqa: ASYNC251 - block the loop past the 0.5 s tick
         await asyncio.sleep(0.6)
 
     asyncio.run(main())
