@@ -183,3 +183,19 @@ def test_settings_are_frozen() -> None:
     s = Settings.from_env({})
     with pytest.raises(AttributeError):
         s.service_name = "x"  # type: ignore[misc]
+
+
+def test_batch_queue_bounds_from_otel_bsp_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from devkit.tracing.provider import batch_options
+
+    assert batch_options(
+        {
+            "OTEL_BSP_MAX_QUEUE_SIZE": "100",
+            "OTEL_BSP_SCHEDULE_DELAY": "250",
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "20",
+        }
+    ) == {"max_queue_size": 100, "schedule_delay_s": 0.25, "max_batch_size": 20}
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "lots")
+    with pytest.raises(devkit.ConfigError, match="OTEL_BSP_MAX_QUEUE_SIZE"):
+        devkit.init()

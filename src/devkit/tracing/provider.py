@@ -228,6 +228,24 @@ def build_exporter(settings: Settings, environ: Mapping[str, str]) -> SpanExport
     raise ConfigError(variable, protocol, "http/protobuf or grpc")
 
 
+def batch_options(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The export queue's bounds from the OpenTelemetry ``OTEL_BSP_*`` variables."""
+    from devkit import _env
+
+    options: dict[str, Any] = {}
+    for variable, key, scale in (
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "max_queue_size", None),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "max_batch_size", None),
+        ("OTEL_BSP_SCHEDULE_DELAY", "schedule_delay_s", 1000.0),
+    ):
+        raw = environ.get(variable, "").strip()
+        if not raw:
+            continue
+        value = _env.parse_int(variable, raw, minimum=1, maximum=10_000_000)
+        options[key] = value / scale if scale else value
+    return options
+
+
 def build_tracing(
     settings: Settings,
     environ: Mapping[str, str],
@@ -241,7 +259,7 @@ def build_tracing(
     """Provider + tail sampler + export queue. ``exporter`` overrides the configured one."""
     span_exporter = exporter if exporter is not None else build_exporter(settings, environ)
     batch = (
-        BatchExporter(span_exporter, redact=redact, on_drop=on_drop)
+        BatchExporter(span_exporter, redact=redact, on_drop=on_drop, **batch_options(environ))
         if span_exporter is not None
         else None
     )
