@@ -12,8 +12,7 @@ import http.server
 import threading
 from typing import TYPE_CHECKING, Any
 
-from devkit import _errors
-from devkit.metrics import exposition, scrape_registry
+from devkit.middleware._common import metrics_answer, probe_answer
 
 if TYPE_CHECKING:
     from devkit.middleware._common import Instruments
@@ -51,19 +50,12 @@ class MetricsServer:
 
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
-                try:
-                    if path == metrics_path and inst.metrics is not None:
-                        registry = scrape_registry(inst.metrics.registry, inst.metrics.exemplars)
-                        body, content_type = exposition(registry, self.headers.get("Accept"))
-                        self._reply(200, content_type, body)
-                    elif path in inst.probes and inst.health is not None:
-                        result = inst.health.evaluate(inst.probes[path])
-                        self._reply(result.http_status, "application/json", result.body())
-                    else:
-                        self._reply(404, "text/plain", b"not found\n")
-                except Exception as exc:
-                    _errors.report("metrics_server", "request_failed", exc)
-                    self._reply(500, "text/plain", b"internal error\n")
+                if path == metrics_path:
+                    self._reply(*metrics_answer(inst, self.headers.get("Accept")))
+                elif path in inst.probes:
+                    self._reply(*probe_answer(inst, inst.probes[path]))
+                else:
+                    self._reply(404, "text/plain", b"not found\n")
 
             def _reply(self, status: int, content_type: str, body: bytes) -> None:
                 self.send_response(status)

@@ -23,6 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -186,3 +187,18 @@ def attributes(span: Any) -> dict[str, Any]:
         kind = value.WhichOneof("value")
         out[kv.key] = getattr(value, kind) if kind else None
     return out
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a classic exposition, by (name, labels)."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """One sample's value (0 when absent)."""
+    return samples(text).get((name, frozenset(labels.items())), 0.0)
+

@@ -20,8 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from servers import ROOT, OTLPReceiver, attributes, clean_env, free_port, serve
+from servers import ROOT, OTLPReceiver, attributes, clean_env, free_port, samples, serve, value
 
 pytestmark = pytest.mark.integration
 
@@ -122,18 +121,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             )
     finally:
         receiver.stop()
-
-
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    return samples(text).get((name, frozenset(labels.items())), 0.0)
 
 
 def test_statuses_and_correlation_id_echo(run: Run) -> None:

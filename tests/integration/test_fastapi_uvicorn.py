@@ -8,8 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from servers import OTLPReceiver, Server, clean_env, free_port, serve, uvicorn_argv
+from servers import OTLPReceiver, Server, clean_env, free_port, samples, serve, uvicorn_argv, value
 
 pytestmark = pytest.mark.integration
 
@@ -40,18 +39,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, receiver: OTLPReceiver) -> 
         port,
     ) as s:
         yield s
-
-
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    return samples(text).get((name, frozenset(labels.items())), 0.0)
 
 
 def test_red_metrics_are_exact_and_bounded(server: Server) -> None:

@@ -12,11 +12,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from devkit import _errors, _state
-from devkit.metrics import exposition, scrape_registry
 from devkit.middleware._common import (
     ACTIVE_KEY,
     CORRELATION_HEADER,
-    Instruments,
+    Answer,
+    metrics_answer,
+    probe_answer,
 )
 
 __all__ = ["DevkitMiddleware", "enable"]
@@ -57,11 +58,11 @@ class DevkitMiddleware:
         meta[ACTIVE_KEY] = True
         path = request.path_info or "/"
         if path == inst.metrics_path:
-            return _metrics_response(inst, meta)
+            return _response(metrics_answer(inst, meta.get("HTTP_ACCEPT")))
         if path.startswith(inst.health_prefix):
             kind = inst.probes.get(path)
             if kind is not None:
-                return _probe_response(inst, kind)
+                return _response(probe_answer(inst, kind))
 
         def get_header(name: str) -> Sequence[str]:
             value = meta.get(_HEADER_KEYS[name])
@@ -109,35 +110,11 @@ def _log_response_in_context(request: Any, response: Any) -> None:
         _errors.report("integrations", "django_log_response_failed", exc)
 
 
-def _metrics_response(inst: Instruments, meta: dict[str, Any]) -> Any:
+def _response(answer: Answer) -> Any:
     from django.http import HttpResponse
 
-    try:
-        if inst.metrics is None:
-            return HttpResponse(b"metrics disabled\n", status=404, content_type="text/plain")
-        registry = scrape_registry(inst.metrics.registry, inst.metrics.exemplars)
-        body, content_type = exposition(registry, meta.get("HTTP_ACCEPT"))
-    except Exception as exc:
-        _errors.report("metrics", "exposition_failed", exc)
-        return HttpResponse(b"exposition failed\n", status=500, content_type="text/plain")
-    response = HttpResponse(body, content_type=content_type)
-    response["Cache-Control"] = "no-store"
-    return response
-
-
-def _probe_response(inst: Instruments, kind: str) -> Any:
-    from django.http import HttpResponse
-
-    if inst.health is None:
-        body, status = b'{"status":"fail","checks":{}}', 503
-    else:
-        try:
-            result = inst.health.evaluate(kind)
-            body, status = result.body(), result.http_status
-        except Exception as exc:
-            _errors.report("health", "probe_failed", exc)
-            body, status = b'{"status":"fail","checks":{}}', 503
-    response = HttpResponse(body, status=status, content_type="application/json")
+    status, content_type, body = answer
+    response = HttpResponse(body, status=status, content_type=content_type)
     response["Cache-Control"] = "no-store"
     return response
 

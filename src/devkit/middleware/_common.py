@@ -28,12 +28,20 @@ from devkit.redaction import Redactor
 from devkit.tracing.propagation import extract
 from devkit.tracing.provider import Tracing
 
+#: (status, content type, body) of an answer devkit gives itself: /metrics or a probe.
+Answer = tuple[int, str, bytes]
+_PROBE_FAILED = b'{"status":"fail","checks":{}}'
+
 __all__ = [
     "ACTIVE_KEY",
     "EXCEPTION_KEY",
     "ROUTE_KEY",
+    "Answer",
     "Exchange",
     "Instruments",
+    "metrics_answer",
+    "probe_answer",
+    "probe_answer_async",
     "valid_correlation_id",
 ]
 
@@ -297,3 +305,42 @@ def _qualified(exc: BaseException) -> str:
     return (
         cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
     )
+
+
+def metrics_answer(inst: Instruments, accept: str | None) -> Answer:
+    """The ``/metrics`` response, in the format ``accept`` asks for. Never raises."""
+    from devkit.metrics import exposition, scrape_registry
+
+    if inst.metrics is None:
+        return 404, "text/plain", b"metrics disabled\n"
+    try:
+        registry = scrape_registry(inst.metrics.registry, inst.metrics.exemplars)
+        body, content_type = exposition(registry, accept)
+    except Exception as exc:
+        _errors.report("metrics", "exposition_failed", exc)
+        return 500, "text/plain", b"exposition failed\n"
+    return 200, content_type, body
+
+
+def probe_answer(inst: Instruments, kind: str) -> Answer:
+    """A probe's response from a worker thread (WSGI, Django, the metrics port)."""
+    if inst.health is None:
+        return 503, "application/json", _PROBE_FAILED
+    try:
+        result = inst.health.evaluate(kind)
+    except Exception as exc:
+        _errors.report("health", "probe_failed", exc)
+        return 503, "application/json", _PROBE_FAILED
+    return result.http_status, "application/json", result.body()
+
+
+async def probe_answer_async(inst: Instruments, kind: str) -> Answer:
+    """A probe's response on the server's event loop (ASGI)."""
+    if inst.health is None:
+        return 503, "application/json", _PROBE_FAILED
+    try:
+        result = await inst.health.evaluate_async(kind)
+    except Exception as exc:
+        _errors.report("health", "probe_failed", exc)
+        return 503, "application/json", _PROBE_FAILED
+    return result.http_status, "application/json", result.body()

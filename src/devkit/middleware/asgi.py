@@ -11,9 +11,15 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-from devkit import _errors, _state
-from devkit.metrics import exposition, scrape_registry
-from devkit.middleware._common import ACTIVE_KEY, ROUTE_KEY, Instruments
+from devkit import _state
+from devkit.middleware._common import (
+    ACTIVE_KEY,
+    ROUTE_KEY,
+    Answer,
+    Instruments,
+    metrics_answer,
+    probe_answer_async,
+)
 
 __all__ = ["ASGIMiddleware", "asgi"]
 
@@ -179,54 +185,25 @@ def _current_instruments() -> Instruments | None:
 
 
 async def _serve_metrics(inst: Instruments, scope: Scope, send: Send) -> None:
-    accept = ""
+    accept = None
     for name, value in scope.get("headers", ()):
         if name == b"accept":
             accept = value.decode("latin-1")
-    try:
-        registry = (
-            scrape_registry(inst.metrics.registry, inst.metrics.exemplars)
-            if inst.metrics is not None
-            else None
-        )
-        if registry is None:
-            body, content_type, status = b"metrics disabled\n", "text/plain", 404
-        else:
-            body, content_type = exposition(registry, accept)
-            status = 200
-    except Exception as exc:
-        _errors.report("metrics", "exposition_failed", exc)
-        body, content_type, status = b"exposition failed\n", "text/plain", 500
+    await _send_answer(send, metrics_answer(inst, accept))
+
+
+async def _serve_probe(inst: Instruments, kind: str, send: Send) -> None:
+    await _send_answer(send, await probe_answer_async(inst, kind))
+
+
+async def _send_answer(send: Send, answer: Answer) -> None:
+    status, content_type, body = answer
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
                 (b"content-type", content_type.encode("latin-1")),
-                (b"content-length", str(len(body)).encode("ascii")),
-                (b"cache-control", b"no-store"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _serve_probe(inst: Instruments, kind: str, send: Send) -> None:
-    if inst.health is None:
-        body, status = b'{"status":"fail","checks":{}}', 503
-    else:
-        try:
-            result = await inst.health.evaluate_async(kind)
-            body, status = result.body(), result.http_status
-        except Exception as exc:
-            _errors.report("health", "probe_failed", exc)
-            body, status = b'{"status":"fail","checks":{}}', 503
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode("ascii")),
                 (b"cache-control", b"no-store"),
             ],

@@ -13,15 +13,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
-from devkit import _errors, _state
-from devkit.metrics import exposition, scrape_registry
+from devkit import _state
 from devkit.middleware._common import (
     ACTIVE_KEY,
     CORRELATION_HEADER,
     EXCEPTION_KEY,
     ROUTE_KEY,
+    Answer,
     Exchange,
     Instruments,
+    metrics_answer,
+    probe_answer,
 )
 
 __all__ = ["WSGIMiddleware", "wsgi"]
@@ -59,11 +61,11 @@ class WSGIMiddleware:
         environ[ACTIVE_KEY] = True
         path: str = environ.get("PATH_INFO", "") or "/"
         if path == inst.metrics_path:
-            return _serve_metrics(inst, environ, start_response)
+            return _send_answer(start_response, metrics_answer(inst, environ.get("HTTP_ACCEPT")))
         if path.startswith(inst.health_prefix):
             kind = inst.probes.get(path)
             if kind is not None:
-                return _serve_probe(inst, kind, start_response)
+                return _send_answer(start_response, probe_answer(inst, kind))
         ctx = contextvars.copy_context()
         return ctx.run(self._call, ctx, inst, environ, start_response)
 
@@ -181,48 +183,20 @@ def _current_instruments() -> Instruments | None:
     return runtime.instruments if runtime is not None else None
 
 
-def _serve_metrics(
-    inst: Instruments, environ: Environ, start_response: StartResponse
-) -> Iterable[bytes]:
-    try:
-        if inst.metrics is None:
-            body, content_type, status = b"metrics disabled\n", "text/plain", "404 Not Found"
-        else:
-            registry = scrape_registry(inst.metrics.registry, inst.metrics.exemplars)
-            body, content_type = exposition(registry, environ.get("HTTP_ACCEPT"))
-            status = "200 OK"
-    except Exception as exc:
-        _errors.report("metrics", "exposition_failed", exc)
-        body, content_type, status = (
-            b"exposition failed\n",
-            "text/plain",
-            "500 Internal Server Error",
-        )
+_REASONS = {
+    200: "200 OK",
+    404: "404 Not Found",
+    500: "500 Internal Server Error",
+    503: "503 Service Unavailable",
+}
+
+
+def _send_answer(start_response: StartResponse, answer: Answer) -> Iterable[bytes]:
+    status, content_type, body = answer
     start_response(
-        status,
+        _REASONS.get(status, f"{status} Unknown"),
         [
             ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"),
-        ],
-    )
-    return [body]
-
-
-def _serve_probe(inst: Instruments, kind: str, start_response: StartResponse) -> Iterable[bytes]:
-    if inst.health is None:
-        body, code = b'{"status":"fail","checks":{}}', 503
-    else:
-        try:
-            result = inst.health.evaluate(kind)
-            body, code = result.body(), result.http_status
-        except Exception as exc:
-            _errors.report("health", "probe_failed", exc)
-            body, code = b'{"status":"fail","checks":{}}', 503
-    start_response(
-        "200 OK" if code == 200 else "503 Service Unavailable",
-        [
-            ("Content-Type", "application/json"),
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
         ],
