@@ -98,3 +98,15 @@ def test_public_api_is_exactly_all() -> None:
         "cli",
     }
     assert public == set(devkit.__all__) - {"__version__"}
+
+
+def test_shutdown_writes_one_final_record(devkit_logs: CapturedLogs) -> None:
+    devkit.init()
+    from devkit import _setup
+
+    _setup.stop_serving()
+    _setup.stop_serving()
+    devkit.shutdown()
+    (final,) = devkit_logs.find(message="shutdown complete")
+    assert final["logger"] == "devkit"
+    assert final["requests_unfinished"] == 0

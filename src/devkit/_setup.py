@@ -201,19 +201,65 @@ def flush(timeout_s: float | None = None) -> bool:
     return _flush_runtime(runtime, timeout)
 
 
+def stop_serving(timeout_s: float | None = None) -> None:
+    """The end of serving: fail readiness, drain in-flight requests, flush kept spans, and
+    write one ``shutdown complete`` record — once, leaving logging installed.
+
+    Run by the ASGI lifespan shutdown (a server that re-raises SIGTERM never reaches
+    ``atexit``) and by :func:`shutdown`.
+    """
+    runtime = _state.current()
+    if runtime is None or runtime.extra.get("stopped"):
+        return
+    runtime.extra["stopped"] = True
+    _stop_serving(runtime, timeout_s)
+
+
+def _stop_serving(runtime: Runtime, timeout_s: float | None) -> None:
+    timeout = timeout_s if timeout_s is not None else runtime.settings.shutdown_timeout_s
+    deadline = time.monotonic() + timeout
+    if runtime.health is not None:
+        runtime.health.begin_shutdown()
+    unfinished = _drain(runtime, deadline)
+    flushed = _flush_runtime(runtime, max(0.0, deadline - time.monotonic()))
+    if runtime.logs is None:
+        return
+    exporter = runtime.tracing.exporter if runtime.tracing is not None else None
+    inst = runtime.instruments
+    runtime.logs.emit(
+        "info" if flushed and unfinished == 0 else "warn",
+        {
+            "event": "shutdown complete",
+            "logger": "devkit",
+            "requests_served": inst.started_requests if inst is not None else 0,
+            "requests_unfinished": unfinished,
+            "spans_exported": exporter.exported if exporter is not None else 0,
+            "spans_unexported": exporter.pending() if exporter is not None else 0,
+        },
+    )
+
+
 def shutdown(timeout_s: float | None = None) -> None:
     """Flush and uninstall everything ``init()`` installed. Idempotent; never raises.
 
-    ``timeout_s`` bounds the whole shutdown (default ``DEVKIT_SHUTDOWN_TIMEOUT_S``).
+    Readiness fails first, in-flight requests get to finish, kept spans are exported and
+    a ``shutdown complete`` record is written; ``timeout_s`` (default
+    ``DEVKIT_SHUTDOWN_TIMEOUT_S``) bounds the whole shutdown.
     """
     with _state.lock():
         runtime = _state.current()
         if runtime is None:
             return
+        timeout = timeout_s if timeout_s is not None else runtime.settings.shutdown_timeout_s
+        deadline = time.monotonic() + timeout
+        if not runtime.extra.get("stopped"):
+            runtime.extra["stopped"] = True
+            try:
+                _stop_serving(runtime, timeout)
+            except Exception as exc:
+                _errors.report("devkit", "stop_serving_failed", exc)
         _state.reset()
-        _run_closers(
-            runtime, timeout_s if timeout_s is not None else runtime.settings.shutdown_timeout_s
-        )
+        _run_closers(runtime, max(0.0, deadline - time.monotonic()))
 
 
 def _run_closers(runtime: Runtime, timeout_s: float) -> None:

@@ -201,4 +201,3 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 def value(text: str, name: str, **labels: str) -> float:
     """One sample's value (0 when absent)."""
     return samples(text).get((name, frozenset(labels.items())), 0.0)
-

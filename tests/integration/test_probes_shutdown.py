@@ -152,3 +152,8 @@ def test_sigterm_drains_in_flight_request_and_flushes(
         assert time.monotonic() - t0 < 12
     server_spans = [s for _, s in receiver.spans() if s.name == "GET /slow"]
     assert len(server_spans) == 1
+    (final,) = [r for r in server.json_lines() if r.get("message") == "shutdown complete"]
+    assert final["level"] == "info"
+    assert final["requests_unfinished"] == 0
+    assert final["requests_served"] >= 1
+    assert final["spans_exported"] >= 1 and final["spans_unexported"] == 0

@@ -161,6 +161,7 @@ class Instruments:
         ex.path = path
         ex.query = query
         self._in_flight += 1
+        self.started_requests += 1
 
         parent = self._extract(get_header)
         if not valid_correlation_id(inbound_cid):

@@ -151,11 +151,11 @@ class ASGIMiddleware:
 
                         chain_sigterm(inst.health.begin_shutdown)
             elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                # Flush before the server exits: uvicorn re-raises SIGTERM afterwards, and
-                # a process killed by a signal never runs atexit handlers.
-                from devkit._setup import flush
+                # Drain and flush before the server exits: uvicorn re-raises SIGTERM
+                # afterwards, and a process killed by a signal never runs atexit handlers.
+                from devkit._setup import stop_serving
 
-                await asyncio.get_running_loop().run_in_executor(None, flush)
+                await asyncio.get_running_loop().run_in_executor(None, stop_serving)
             await send(message)
 
         async def receive_wrapper() -> Message:
