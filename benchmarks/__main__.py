@@ -1,8 +1,10 @@
 """Command line: ``python -m benchmarks [--quick] [--gate] [--suite NAME] [--variant NAME]``.
 
 Prints the markdown table on stdout (progress goes to stderr) and writes
-``benchmarks/results/latest.md`` and ``latest.json``. With ``--gate`` the exit status is 1
-when devkit's overhead ratio exceeds ``budget.json`` or cannot be measured.
+``benchmarks/results/latest.md`` and ``latest.json`` (``server.md`` and ``server.json``
+when only the server-level suite ran, so it does not overwrite the in-process results).
+With ``--gate`` the exit status is 1 when devkit's overhead ratio exceeds ``budget.json``
+or cannot be measured.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from pathlib import Path
 
 from benchmarks import report, stats
 from benchmarks.runner import Plan, run
+from benchmarks.server import LoadSettings
 from benchmarks.suites import SUITES
 
 HERE = Path(__file__).resolve().parent
 #: (rounds, requests per worker, log records per worker)
 FULL = (7, 5000, 20000)
 QUICK = (3, 1000, 5000)
+#: Rounds of the server-level suite (full, quick); it runs only when named with --suite.
+SERVER_ROUNDS = (3, 1)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,7 +40,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"few rounds and small workers (CI): {QUICK[0]} rounds, "
         f"{QUICK[1]} requests, {QUICK[2]} records",
     )
-    parser.add_argument("--rounds", type=int, help=f"interleaved rounds (default {FULL[0]})")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help=f"interleaved rounds (default {FULL[0]}; server-level suite {SERVER_ROUNDS[0]}, "
+        f"{SERVER_ROUNDS[1]} with --quick)",
+    )
     parser.add_argument(
         "--requests", type=int, help=f"timed requests per HTTP worker (default {FULL[1]})"
     )
@@ -43,7 +53,24 @@ def _parser() -> argparse.ArgumentParser:
         "--records", type=int, help=f"timed records per logging case and worker (default {FULL[2]})"
     )
     parser.add_argument(
-        "--suite", action="append", choices=list(SUITES), help="run only this suite (repeatable)"
+        "--suite",
+        action="append",
+        choices=list(SUITES),
+        help="run only this suite (repeatable); default: every suite but the server-level "
+        "ones, which run only when named",
+    )
+    parser.add_argument(
+        "--duration",
+        type=int,
+        default=LoadSettings.duration_s,
+        help="seconds of wrk load per server-level measurement "
+        f"(default {LoadSettings.duration_s})",
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=LoadSettings.connections,
+        help=f"wrk connections in the server-level suite (default {LoadSettings.connections})",
     )
     parser.add_argument(
         "--variant",
@@ -66,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
         "--output-dir",
         type=Path,
         default=HERE / "results",
-        help="where latest.md and latest.json go (default benchmarks/results)",
+        help="where latest.md/json (server.md/json) go (default benchmarks/results)",
     )
     return parser
 
@@ -84,18 +111,30 @@ def _plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
     known = {v for s in SUITES.values() for v in s.variants}
     if unknown := sorted(wanted - known):
         parser.error(f"unknown variant {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    for name in args.suite or list(SUITES):
+    for name in args.suite or [n for n, s in SUITES.items() if s.default]:
         suite = SUITES[name]
         keep = wanted | {suite.baseline} | ({suite.reference} if suite.reference else set())
         variants = tuple(v for v in suite.variants if not wanted or v in keep)
         suites[name] = variants
+    server_rounds = SERVER_ROUNDS[1] if args.quick else SERVER_ROUNDS[0]
     return Plan(
         suites=suites,
         rounds=_positive(parser, "rounds", args.rounds or rounds),
         requests=_positive(parser, "requests", args.requests or requests),
         records=_positive(parser, "records", args.records or records),
         seed=args.seed if args.seed is not None else random.randrange(1 << 30),
+        server_rounds=_positive(parser, "rounds", args.rounds or server_rounds),
+        load=LoadSettings(
+            duration_s=_positive(parser, "duration", args.duration),
+            connections=_positive(parser, "connections", args.connections),
+        ),
     )
+
+
+def results_name(suites: dict[str, tuple[str, ...]]) -> str:
+    """``server`` when only server-level suites ran, else ``latest``: neither run
+    overwrites the other's files."""
+    return "server" if suites and all(SUITES[s].is_server for s in suites) else "latest"
 
 
 def _load_budget(path: Path) -> dict[str, float]:
@@ -123,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         gate = stats.check_gate(budget, report.gate_outcomes(doc))
         doc["gate"] = {"budget": budget, "passed": gate.passed, "lines": gate.lines}
     text = report.markdown(doc, gate)
-    report.write_results(doc, text, args.output_dir)
+    report.write_results(doc, text, args.output_dir, results_name(plan.suites))
     print(text)
 
     status = 0

@@ -22,6 +22,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from benchmarks import server
 from benchmarks.receiver import Receiver, Traffic
 from benchmarks.suites import SUITES, Suite
 from benchmarks.variants import OPTIONAL
@@ -36,6 +37,8 @@ _SCRUBBED = ("OTEL_", "DEVKIT_", "DD_", "SENTRY_", "LOGFIRE_")
 # cheaper than exporting. A large queue makes every variant export every span it keeps,
 # and the export work still happens inside the timed region (the final flush is timed).
 _WORKER_ENV = {"OTEL_BSP_MAX_QUEUE_SIZE": str(1 << 20)}
+# devkit's default, stated so the server suite measures what the issue's target assumes.
+_SERVER_ENV = {"DEVKIT_SAMPLE_SUCCESS_RATIO": "0.1"}
 _WORKER_TIMEOUT_S = 600
 
 
@@ -48,11 +51,21 @@ class Plan:
     requests: int
     records: int
     seed: int
+    #: Rounds of the server-level suites (each round takes seconds per variant).
+    server_rounds: int = 3
+    load: server.LoadSettings = field(default_factory=server.LoadSettings)
 
     def size(self, suite: Suite) -> tuple[int, int]:
         """(timed operations, warm-up operations) for one worker of ``suite``."""
         n = self.requests if suite.is_http else self.records
         return n, max(100, n // 5)
+
+    def rounds_of(self, suite: Suite) -> int:
+        return self.server_rounds if suite.is_server else self.rounds
+
+    @property
+    def total_rounds(self) -> int:
+        return max((self.rounds_of(SUITES[name]) for name in self.suites), default=0)
 
 
 @dataclass
@@ -74,6 +87,8 @@ class RunResult:
     plan: Plan
     variants: dict[str, dict[str, VariantRun]]
     duration_s: float = 0.0
+    #: Suites that could not run at all here (load generator missing), with the reason.
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
 def _worker_env() -> dict[str, str]:
@@ -126,7 +141,12 @@ def _run_worker(
 
 
 def _schedule(plan: Plan, rng: random.Random, round_index: int) -> list[tuple[str, str]]:
-    pairs = [(s, v) for s, variants in plan.suites.items() for v in variants]
+    pairs = [
+        (s, v)
+        for s, variants in plan.suites.items()
+        if round_index < plan.rounds_of(SUITES[s])
+        for v in variants
+    ]
     if round_index > 0:
         rng.shuffle(pairs)
     return pairs
@@ -140,28 +160,40 @@ def run(plan: Plan, progress: Callable[[str], None] = _note) -> RunResult:
     """Run every planned (suite, variant) once per round and collect the samples."""
     started = time.monotonic()
     variants = {s: {v: VariantRun() for v in vs} for s, vs in plan.suites.items()}
-    for runs in variants.values():
+    unavailable: dict[str, str] = {}
+    for suite_name, runs in variants.items():
+        suite_reason = server.unavailable_reason() if SUITES[suite_name].is_server else None
+        if suite_reason is not None:
+            unavailable[suite_name] = suite_reason
+            progress(f"{suite_name}: unavailable: {suite_reason}; the suite is excluded")
         for name, vrun in runs.items():
             module = OPTIONAL.get(name)
-            if module is not None and find_spec(module) is None:
+            if suite_reason is not None:
+                vrun.status, vrun.reason = "unavailable", suite_reason
+            elif module is not None and find_spec(module) is None:
                 vrun.status, vrun.reason = "unavailable", f"{module} is not installed"
-    _report_unavailable(variants, progress)
+    _report_unavailable(variants, unavailable, progress)
     rng = random.Random(plan.seed)
     receiver = Receiver().start()
     try:
-        for r in range(plan.rounds):
+        for r in range(plan.total_rounds):
             for suite_name, variant in _schedule(plan, rng, r):
                 vrun = variants[suite_name][variant]
                 if vrun.status != "ok":
                     continue
                 suite = SUITES[suite_name]
                 receiver.take()  # discard anything late from a previous worker
-                result, stderr = _run_worker(suite, variant, plan, receiver)
+                if suite.is_server:
+                    env = {**_worker_env(), **_SERVER_ENV}
+                    result, stderr = server.measure(variant, receiver.endpoint, env, ROOT, plan.load)
+                else:
+                    result, stderr = _run_worker(suite, variant, plan, receiver)
                 _record(vrun, suite, plan, result, stderr, receiver.take())
-                progress(_progress_line(r, plan.rounds, suite_name, variant, vrun, result))
+                rounds = plan.rounds_of(suite)
+                progress(_progress_line(r, rounds, suite_name, variant, vrun, result))
     finally:
         receiver.stop()
-    return RunResult(plan, variants, time.monotonic() - started)
+    return RunResult(plan, variants, time.monotonic() - started, unavailable)
 
 
 def _record(
@@ -179,16 +211,20 @@ def _record(
         if status != "unavailable" and stderr.strip():
             vrun.warnings.append(_relative(stderr.strip()[-2000:]))
         return
-    for measure, value in result["us_per_op"].items():
+    # In-process workers give µs per operation; the server suite gives named values.
+    for measure, value in result.get("us_per_op", result.get("values", {})).items():
         vrun.samples.setdefault(measure, []).append(float(value))
     for measure, value in result.get("cpu_us_per_op", {}).items():
         vrun.cpu_samples.setdefault(measure, []).append(float(value))
     vrun.traffic.append(traffic)
     if "flush_us" in result:
         vrun.flush_us.append(float(result["flush_us"]))
-    n, warmup = plan.size(suite)
-    vrun.operations += n + warmup + 1
-    for line in _interesting(stderr):
+    if "operations" in result:
+        vrun.operations += int(result["operations"])
+    else:
+        n, warmup = plan.size(suite)
+        vrun.operations += n + warmup + 1
+    for line in [*result.get("warnings", []), *_interesting(stderr)]:
         if line not in vrun.warnings:
             vrun.warnings.append(line)
 
@@ -208,9 +244,13 @@ def _relative(text: str) -> str:
 
 
 def _report_unavailable(
-    variants: Mapping[str, Mapping[str, VariantRun]], progress: Callable[[str], None]
+    variants: Mapping[str, Mapping[str, VariantRun]],
+    unavailable_suites: Mapping[str, str],
+    progress: Callable[[str], None],
 ) -> None:
     for suite, runs in variants.items():
+        if suite in unavailable_suites:
+            continue  # said once for the whole suite
         for name, vrun in runs.items():
             if vrun.status == "unavailable":
                 progress(f"{suite} {name}: unavailable: {vrun.reason}")
@@ -222,5 +262,11 @@ def _progress_line(
     head = f"[round {r + 1}/{rounds}] {suite} {variant}"
     if vrun.status != "ok":
         return f"{head}: {vrun.status.upper()}: {vrun.reason}"
+    if "values" in result:
+        v = result["values"]
+        return (
+            f"{head}: {v['requests_per_s']:,.0f} req/s, p50 {v['p50_ms']:.2f} ms, "
+            f"p99 {v['p99_ms']:.2f} ms"
+        )
     values = ", ".join(f"{m} {v:.1f} µs" for m, v in result["us_per_op"].items())
     return f"{head}: {values}"

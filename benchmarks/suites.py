@@ -16,17 +16,26 @@ class Suite:
     """A group of variants compared with each other in one run."""
 
     name: str
-    kind: Literal["asgi", "wsgi", "logging"]
+    kind: Literal["asgi", "wsgi", "logging", "server"]
     variants: tuple[str, ...]
     #: Measured quantities per worker run: one per request, or one per logging case.
     measures: tuple[str, ...]
     baseline: str
     #: The variant overheads are compared with (the hand-assembled stack).
     reference: str | None
+    #: Run when no ``--suite`` is named. The server suite is not: it takes minutes of
+    #: wall time per round and its load generator may be missing.
+    default: bool = True
 
     @property
     def is_http(self) -> bool:
-        return self.kind != "logging"
+        """Measured per request in-process (a worker calling the app)."""
+        return self.kind in ("asgi", "wsgi")
+
+    @property
+    def is_server(self) -> bool:
+        """Measured with a real server under a load generator."""
+        return self.kind == "server"
 
 
 def _http(name: str, kind: Literal["asgi", "wsgi"]) -> Suite:
@@ -41,5 +50,14 @@ SUITES: dict[str, Suite] = {
         _http("asgi-fastapi", "asgi"),
         _http("wsgi-flask", "wsgi"),
         Suite("logging", "logging", tuple(LOGGING_VARIANTS), tuple(CASES), BASELINE, None),
+        Suite(
+            "server-uvicorn",
+            "server",
+            tuple(ASGI_VARIANTS),
+            ("requests_per_s", "p50_ms", "p99_ms"),
+            "bare",
+            "stack",
+            default=False,
+        ),
     )
 }
