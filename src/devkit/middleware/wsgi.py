@@ -106,9 +106,15 @@ class WSGIMiddleware:
         try:
             body = self.app(environ, start_response_wrapper)
         except BaseException as exc:
-            inst.finish(ex, environ.get(ROUTE_KEY), ex.status, exc)
+            inst.finish(ex, route_of(environ), ex.status, exc)
             raise
         return _ClosingBody(body, ctx, inst, ex, environ)
+
+
+def route_of(environ: Environ) -> str | None:
+    """The route template the framework stored (Flask's integration does), if any."""
+    route = environ.get(ROUTE_KEY)
+    return None if route is None else str(route)
 
 
 def path_of(environ: Environ) -> str:
@@ -164,7 +170,7 @@ class _ClosingBody:
             self._ctx.run(
                 self._inst.finish,
                 self._ex,
-                self._environ.get(ROUTE_KEY),
+                route_of(self._environ),
                 self._ex.status,
                 self._error or self._environ.get(EXCEPTION_KEY),
             )
