@@ -6,6 +6,8 @@ harness makes from numbers are tested, with numbers chosen by the test.
 
 from __future__ import annotations
 
+import io
+import random
 import sys
 import urllib.request
 from pathlib import Path
@@ -18,9 +20,11 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from benchmarks import report, stats  # noqa: E402
-from benchmarks.drivers import batch_sizes  # noqa: E402
-from benchmarks.receiver import Receiver  # noqa: E402
+from benchmarks import __main__ as bench_main  # noqa: E402
+from benchmarks import report, runner, server, server_app, stats  # noqa: E402
+from benchmarks.drivers import batch_sizes, calibrate, normalised  # noqa: E402
+from benchmarks.receiver import Receiver, Traffic  # noqa: E402
+from benchmarks.suites import SUITES  # noqa: E402
 
 BUDGET = {"asgi-starlette": 0.5, "wsgi-flask": 0.5, "logging_min_ratio": 1.0}
 
@@ -108,8 +112,8 @@ def _doc(devkit: dict[str, Any]) -> dict[str, Any]:
                 "variants": {
                     "devkit": {
                         "status": "ok",
-                        "plain": {"ratio_to_baseline": 2.0},
-                        "pii": {"ratio_to_baseline": 0.8},
+                        "plain": {"ratio_to_baseline": 2.0, "norm_ratio_to_baseline": 1.9},
+                        "pii": {"ratio_to_baseline": 1.2, "norm_ratio_to_baseline": 0.8},
                     }
                 },
             },
@@ -117,8 +121,14 @@ def _doc(devkit: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def test_gate_outcomes_read_devkit_ratio_and_worst_logging_case() -> None:
-    outcomes = report.gate_outcomes(_doc({"status": "ok", "overhead_ratio_to_stack": 0.4}))
+def test_gate_outcomes_read_devkit_normalised_ratio_and_worst_logging_case() -> None:
+    devkit = {
+        "status": "ok",
+        "overhead_ratio_to_stack": 0.2,
+        "cpu_overhead_ratio_to_stack": 0.3,
+        "norm_overhead_ratio_to_stack": 0.4,
+    }
+    outcomes = report.gate_outcomes(_doc(devkit))
     assert outcomes == {"asgi-starlette": 0.4, "logging": 0.8}
 
 
@@ -128,8 +138,29 @@ def test_gate_outcomes_explain_unavailable_devkit() -> None:
 
 
 def test_gate_outcomes_refuse_ratio_without_stack_overhead() -> None:
-    outcome = report.gate_outcomes(_doc({"status": "ok", "overhead_ratio_to_stack": None}))
+    devkit = {"status": "ok", "overhead_ratio_to_stack": 0.1, "norm_overhead_ratio_to_stack": None}
+    outcome = report.gate_outcomes(_doc(devkit))
     assert isinstance(outcome["asgi-starlette"], str)
+
+
+def test_committed_budget_covers_every_default_suite() -> None:
+    budget = bench_main._load_budget(Path(_ROOT) / "benchmarks" / "budget.json")
+    defaults = {name for name, suite in SUITES.items() if suite.default}
+    gated = {k.removesuffix(stats.MIN_RATIO_SUFFIX) for k in budget}
+    assert gated == defaults
+    assert all(0 < v < 1 for k, v in budget.items() if not k.endswith(stats.MIN_RATIO_SUFFIX))
+
+
+def test_normalised_cost_divides_each_part_by_the_calibrations_around_it() -> None:
+    # Two batches of 100 ns and 300 ns; the machine halved its speed during the second
+    # (reference 10 -> 20 ns): both are worth 10 references.
+    assert normalised([100, 300], [10, 10, 20]) == pytest.approx(100 / 10 + 300 / 15)
+    with pytest.raises(ValueError, match="calibration"):
+        normalised([100, 300], [10, 10])
+
+
+def test_calibrate_times_the_reference_workload() -> None:
+    assert calibrate() > 0
 
 
 @pytest.mark.parametrize(
@@ -163,3 +194,186 @@ def test_receiver_counts_bytes_and_spans() -> None:
         receiver.stop()
     assert (traffic.requests, traffic.bytes, traffic.spans) == (1, len(body), 2)
     assert receiver.take().requests == 0
+
+
+# -- server-level suite -------------------------------------------------------------------
+
+_WRK_OUTPUT = """\
+Running 8s test @ http://127.0.0.1:40123/items/42
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.31ms  412.50us  19.03ms   91.20%
+    Req/Sec     6.95k   301.22     7.31k    87.50%
+  Latency Distribution
+     50%    2.20ms
+     75%    2.41ms
+     90%    2.66ms
+     99%    1.02s
+  55321 requests in 8.00s, 7.86MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:   6914.77
+Transfer/sec:      0.98MB
+"""
+
+
+def test_parse_wrk_reads_totals_percentiles_and_errors() -> None:
+    result = server.parse_wrk(_WRK_OUTPUT)
+    assert result.requests == 55321
+    assert result.duration_s == pytest.approx(8.0)
+    assert result.requests_per_s == pytest.approx(6914.77)
+    assert result.latency_ms == pytest.approx({50: 2.2, 75: 2.41, 90: 2.66, 99: 1020.0})
+    assert result.socket_errors == {"connect": 0, "read": 2, "write": 0, "timeout": 1}
+    assert result.non_2xx == 4
+    assert result.errors == 7
+
+
+def test_parse_wrk_converts_microseconds_and_defaults_to_no_errors() -> None:
+    text = _WRK_OUTPUT.replace("2.20ms", "950.00us").replace("1.02s", "3.80ms")
+    text = "\n".join(
+        line for line in text.splitlines() if "Socket errors" not in line and "Non-2xx" not in line
+    )
+    result = server.parse_wrk(text)
+    assert result.latency_ms[50] == pytest.approx(0.95)
+    assert result.latency_ms[99] == pytest.approx(3.8)
+    assert (result.socket_errors, result.non_2xx, result.errors) == ({}, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "unable to connect to 127.0.0.1:1 Connection refused",
+        _WRK_OUTPUT.replace("Latency Distribution", "").replace("     50%    2.20ms\n", ""),
+    ],
+)
+def test_parse_wrk_rejects_output_without_the_figures(text: str) -> None:
+    with pytest.raises(ValueError, match="wrk output"):
+        server.parse_wrk(text)
+
+
+def test_server_command_is_one_uvicorn_worker_on_loopback_without_access_log() -> None:
+    cmd = server.command(8123)
+    assert cmd[1:4] == ["-m", "uvicorn", "benchmarks.server_app:create_app"]
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--port") + 1] == "8123"
+    assert cmd[cmd.index("--workers") + 1] == "1"
+    assert cmd[cmd.index("--log-level") + 1] == "warning"
+    assert "--no-access-log" in cmd and "--factory" in cmd
+
+
+def test_server_suite_unavailable_without_wrk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server.shutil, "which", lambda name: None)
+    assert server.unavailable_reason() == "wrk not installed (apt-get install wrk)"
+    assert server.wrk_version() is None
+
+
+def test_missing_wrk_excludes_the_server_suite_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    reason = "wrk not installed (apt-get install wrk)"
+    monkeypatch.setattr(server, "unavailable_reason", lambda: reason)
+
+    def no_measurement(*args: Any) -> Any:
+        raise AssertionError("an unavailable suite must not be measured")
+
+    monkeypatch.setattr(server, "measure", no_measurement)
+    said: list[str] = []
+    plan = runner.Plan(
+        suites={"server-uvicorn": ("bare", "stack", "devkit")},
+        rounds=7,
+        requests=1,
+        records=1,
+        seed=1,
+    )
+    result = runner.run(plan, progress=said.append)
+
+    assert result.unavailable == {"server-uvicorn": reason}
+    assert said == [f"server-uvicorn: unavailable: {reason}; the suite is excluded"]
+    assert {v.status for v in result.variants["server-uvicorn"].values()} == {"unavailable"}
+    doc = report.analyse(result)
+    assert doc["suites"]["server-uvicorn"] == {"status": "unavailable", "reason": reason}
+    assert f"### server-uvicorn — unavailable: {reason}" in report.markdown(doc)
+    outcome = report.gate_outcomes(doc)["server-uvicorn"]
+    assert isinstance(outcome, str) and "wrk not installed" in outcome
+
+
+def _parse(*argv: str) -> runner.Plan:
+    parser = bench_main._parser()
+    return bench_main._plan(parser, parser.parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("argv", [(), ("--quick",)])
+def test_server_suite_runs_only_when_named(argv: tuple[str, ...]) -> None:
+    plan = _parse(*argv)
+    assert "server-uvicorn" not in plan.suites
+    assert set(plan.suites) == {"asgi-starlette", "asgi-fastapi", "wsgi-flask", "logging"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "rounds"),
+    [((), 3), (("--quick",), 1), (("--rounds", "5"), 5)],
+)
+def test_server_suite_rounds(argv: tuple[str, ...], rounds: int) -> None:
+    plan = _parse("--suite", "server-uvicorn", *argv)
+    assert plan.suites["server-uvicorn"][:1] == ("bare",)
+    assert plan.rounds_of(SUITES["server-uvicorn"]) == rounds
+    assert plan.total_rounds == rounds
+
+
+def test_mixed_plan_runs_each_suite_its_own_rounds() -> None:
+    plan = _parse("--suite", "server-uvicorn", "--suite", "wsgi-flask", "--variant", "devkit")
+    assert plan.total_rounds == 7
+    rng = random.Random(0)
+    first = runner._schedule(plan, rng, 0)
+    last = runner._schedule(plan, rng, 6)
+    assert ("server-uvicorn", "devkit") in first
+    assert {s for s, _ in last} == {"wsgi-flask"}
+
+
+def test_server_only_runs_write_their_own_results_files() -> None:
+    assert bench_main.results_name({"server-uvicorn": ("bare",)}) == "server"
+    assert bench_main.results_name({"asgi-starlette": ("bare",)}) == "latest"
+    both = {"server-uvicorn": ("bare",), "logging": ("devkit",)}
+    assert bench_main.results_name(both) == "latest"
+
+
+def test_server_app_builds_the_variant_with_a_flushing_lifespan() -> None:
+    from starlette.applications import Starlette
+
+    app = server_app.build("bare", "http://127.0.0.1:9", io.BytesIO())
+    assert isinstance(app, Starlette)
+    assert app.router.lifespan_context.__name__ == "lifespan"
+    with pytest.raises(ValueError, match="unknown ASGI variant"):
+        server_app.build("nope", "http://127.0.0.1:9", io.BytesIO())
+
+
+def _server_run(rps: list[float], cpu: list[float], spans: int) -> runner.VariantRun:
+    vrun = runner.VariantRun()
+    vrun.samples = {
+        "requests_per_s": rps,
+        "p50_ms": [1000.0 / r for r in rps],
+        "p99_ms": [4000.0 / r for r in rps],
+    }
+    vrun.cpu_samples = {"request": cpu}
+    vrun.traffic = [Traffic(requests=1, bytes=100, spans=spans)]
+    vrun.operations = 1000
+    return vrun
+
+
+def test_server_suite_ratios_to_bare_and_gate_outcome() -> None:
+    plan = _parse("--suite", "server-uvicorn")
+    variants = {
+        "bare": _server_run([7000.0, 8000.0, 7500.0], [100.0, 110.0, 90.0], 0),
+        "stack": _server_run([1500.0, 1400.0, 1450.0], [500.0, 520.0, 480.0], 3000),
+        "devkit": _server_run([6000.0, 5000.0, 6100.0], [140.0, 150.0, 130.0], 100),
+    }
+    doc = report.analyse(runner.RunResult(plan, {"server-uvicorn": variants}))
+    data = doc["suites"]["server-uvicorn"]
+    devkit = data["variants"]["devkit"]
+    assert devkit["requests_per_s"]["median_per_s"] == 6000.0
+    assert devkit["requests_per_s"]["ratio_to_bare"] == pytest.approx(0.8)
+    assert devkit["p50_ms"]["ratio_to_bare"] == pytest.approx(1.25)
+    assert devkit["cpu_overhead_ratio_to_stack"] == pytest.approx(0.1)
+    assert devkit["export"]["spans_per_request"] == pytest.approx(0.1)
+    assert report.gate_outcomes(doc) == {"server-uvicorn": pytest.approx(0.8)}
+    text = report.markdown(doc)
+    assert "### server-uvicorn — requests per second" in text
+    assert "| devkit | 6,000 | 5,000-6,100 | 0.80 |" in text

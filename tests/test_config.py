@@ -41,6 +41,7 @@ def test_every_spec_variable_is_read() -> None:
         "DEVKIT_LIVENESS_TIMEOUT_S": "5",
         "DEVKIT_SHUTDOWN_TIMEOUT_S": "20",
         "DEVKIT_DISABLED": "0",
+        "DEVKIT_INSTRUMENTATIONS": "httpx, Requests",
     }
     assert {v.name for v in VARIABLES} == set(env)
     s = Settings.from_env(env)
@@ -53,6 +54,7 @@ def test_every_spec_variable_is_read() -> None:
     assert s.metrics_path == "/internal/metrics" and s.metrics_port == 9464
     assert s.health_path == "/health" and s.liveness_timeout_s == 5
     assert s.shutdown_timeout_s == 20 and s.disabled is False
+    assert s.instrumentations == ("httpx", "requests")
 
 
 def test_otel_fallbacks() -> None:
@@ -125,6 +127,8 @@ BAD_VALUES = [
     ("DEVKIT_SHUTDOWN_TIMEOUT_S", "soon"),
     ("DEVKIT_DISABLED", "maybe"),
     ("OTEL_SDK_DISABLED", "perhaps"),
+    ("DEVKIT_INSTRUMENTATIONS", "all,httpx"),
+    ("DEVKIT_INSTRUMENTATIONS", ",,"),
 ]
 
 
@@ -199,3 +203,21 @@ def test_batch_queue_bounds_from_otel_bsp_variables(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "lots")
     with pytest.raises(devkit.ConfigError, match="OTEL_BSP_MAX_QUEUE_SIZE"):
         devkit.init()
+
+
+def test_instrumentations_include_and_exclude() -> None:
+    from devkit.tracing.provider import install_instrumentors
+
+    names, undo = install_instrumentors({}, ("none",))
+    assert names == []
+    undo()
+    names, undo = install_instrumentors({"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "httpx"})
+    try:
+        assert "httpx" not in names
+    finally:
+        undo()
+    names, undo = install_instrumentors({}, ("httpx",))
+    try:
+        assert names == ["httpx"]
+    finally:
+        undo()

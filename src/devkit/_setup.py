@@ -152,7 +152,7 @@ def _build(runtime: Runtime, environ: dict[str, str]) -> None:
     runtime.integrations = names
     for undo in undos:
         closers.append(("integrations", _ignore_timeout(undo)))
-    instrumentors, undo_instrumentors = install_instrumentors(environ)
+    instrumentors, undo_instrumentors = install_instrumentors(environ, settings.instrumentations)
     runtime.instrumentors = instrumentors
     closers.append(("tracing", lambda _t: undo_instrumentors()))
 

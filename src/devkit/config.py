@@ -73,6 +73,14 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DEVKIT_LIVENESS_TIMEOUT_S", "liveness_timeout_s", "10", "event-loop heartbeat limit"),
     Variable("DEVKIT_SHUTDOWN_TIMEOUT_S", "shutdown_timeout_s", "10", "drain and flush limit"),
     Variable(
+        "DEVKIT_INSTRUMENTATIONS",
+        "instrumentations",
+        "all",
+        "OpenTelemetry instrumentors to activate: all, none, or a comma-separated list of "
+        "entry-point names (httpx, requests, sqlalchemy, ...); "
+        "`OTEL_PYTHON_DISABLED_INSTRUMENTATIONS` excludes",
+    ),
+    Variable(
         "DEVKIT_DISABLED",
         "disabled",
         "false",
@@ -105,6 +113,7 @@ class Settings:
     health_path: str = "/healthz"
     liveness_timeout_s: float = 10.0
     shutdown_timeout_s: float = 10.0
+    instrumentations: tuple[str, ...] = ("all",)
     disabled: bool = False
 
     @classmethod
@@ -222,8 +231,18 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "health_path": _env.parse_path,
     "liveness_timeout_s": lambda n, r: _env.parse_float(n, r, minimum=0.0, exclusive_minimum=True),
     "shutdown_timeout_s": lambda n, r: _env.parse_float(n, r, minimum=0.0, exclusive_minimum=True),
+    "instrumentations": lambda n, r: _instrumentations(n, r),
     "disabled": _env.parse_bool,
 }
+
+
+def _instrumentations(name: str, raw: object) -> tuple[str, ...]:
+    names = tuple(item.lower() for item in _env.parse_list(name, raw))
+    if not names:
+        raise ConfigError(name, raw, "all, none, or a comma-separated list of names")
+    if ("all" in names or "none" in names) and len(names) > 1:
+        raise ConfigError(name, raw, "all or none alone, or a list of instrumentor names")
+    return names
 
 
 def _resource_attribute(raw: str, key: str) -> str | None:

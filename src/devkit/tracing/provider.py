@@ -304,7 +304,9 @@ def install_propagator(propagator: Any, environ: Mapping[str, str]) -> Callable[
     return lambda: propagate.set_global_textmap(previous)
 
 
-def install_instrumentors(environ: Mapping[str, str]) -> tuple[list[str], Callable[[], None]]:
+def install_instrumentors(
+    environ: Mapping[str, str], include: Sequence[str] = ("all",)
+) -> tuple[list[str], Callable[[], None]]:
     """Activate installed OpenTelemetry instrumentors (requests, httpx, SQLAlchemy, ...).
 
     Honours ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``; skips server-side framework
@@ -318,8 +320,13 @@ def install_instrumentors(environ: Mapping[str, str]) -> tuple[list[str], Callab
         if name.strip()
     }
     active: list[tuple[str, Any]] = []
+    if "none" in include:
+        return [], lambda: None
+    wanted = None if "all" in include else set(include)
     for ep in entry_points(group="opentelemetry_instrumentor"):
         if ep.name in _SKIPPED_INSTRUMENTORS or ep.name in disabled:
+            continue
+        if wanted is not None and ep.name not in wanted:
             continue
         try:
             from opentelemetry.instrumentation.dependencies import get_dependency_conflicts
