@@ -39,7 +39,9 @@ def measure_http(suite: str, variant: str, n: int, warmup: int, ctx: Context) ->
     return {
         "us_per_op": {"request": timing.us_per_op},
         "cpu_us_per_op": {"request": timing.cpu_us_per_op},
+        "norm_per_op": {"request": timing.norm_per_op},
         "batch_us": [round(ns / 1000 / size, 3) for ns, size in _batches(timing, n)],
+        "calibration_us": [round(ns / 1000, 1) for ns in timing.calibration_ns],
         "flush_us": round(timing.flush_ns / 1000, 1),
     }
 
@@ -54,17 +56,27 @@ def measure_logging(variant: str, n: int, warmup: int, ctx: Context) -> dict[str
         emitters.check(_capture_devkit_lines(emitters))
     us_per_op: dict[str, float] = {}
     cpu_us_per_op: dict[str, float] = {}
+    norm_per_op: dict[str, float] = {}
     for case in CASES:
         emit = emitters.emit[case]
         for _ in range(warmup):
             emit()
         gc.collect()
-        cpu_start, start = time.process_time_ns(), time.perf_counter_ns()
-        for _ in range(n):
-            emit()
-        us_per_op[case] = (time.perf_counter_ns() - start) / n / 1000.0
-        cpu_us_per_op[case] = (time.process_time_ns() - cpu_start) / n / 1000.0
-    return {"us_per_op": us_per_op, "cpu_us_per_op": cpu_us_per_op}
+        # Timed in batches with the reference workload around each, like the HTTP drivers.
+        cpu_parts: list[int] = []
+        calibration = [drivers.calibrate()]
+        wall_ns = 0
+        for size in drivers.batch_sizes(n):
+            cpu_start, start = time.process_time_ns(), time.perf_counter_ns()
+            for _ in range(size):
+                emit()
+            wall_ns += time.perf_counter_ns() - start
+            cpu_parts.append(time.process_time_ns() - cpu_start)
+            calibration.append(drivers.calibrate())
+        us_per_op[case] = wall_ns / n / 1000.0
+        cpu_us_per_op[case] = sum(cpu_parts) / n / 1000.0
+        norm_per_op[case] = drivers.normalised(cpu_parts, calibration) / n * 1000.0
+    return {"us_per_op": us_per_op, "cpu_us_per_op": cpu_us_per_op, "norm_per_op": norm_per_op}
 
 
 def _capture_devkit_lines(emitters: Emitters) -> dict[str, bytes]:

@@ -9,6 +9,14 @@ is timed too: spans still queued at the end were produced by the timed requests.
 The process's CPU time over the same region is recorded as well. It counts every thread
 of the worker (the span export thread included) but not other tenants of a shared
 machine, so it is the steadier number when the machine is busy.
+
+CPU time still moves with the machine's speed: on a shared host the same code runs up
+to twice as slow while a neighbour keeps the sibling hardware thread busy, and that state
+flips within seconds. So before every batch and after the last one the worker times a
+fixed reference workload (:func:`calibrate`, about a millisecond of dictionary and string
+work) on its own thread, and each batch's CPU time is also expressed in units of the
+reference timed around it. A ratio of such normalised costs no longer depends on which
+speed each worker happened to get.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from typing import Any
 
 from benchmarks.apps import PATH
 
-__all__ = ["ASGIApp", "Timing", "WSGIApp", "time_asgi", "time_wsgi"]
+__all__ = ["ASGIApp", "Timing", "WSGIApp", "calibrate", "normalised", "time_asgi", "time_wsgi"]
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -35,6 +43,7 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 Flush = Callable[[], None]
 
 _BATCHES = 10
+_REFERENCE_ITERATIONS = 3000
 _HEADERS: list[tuple[bytes, bytes]] = [
     (b"host", b"127.0.0.1:8000"),
     (b"user-agent", b"devkit-bench/1"),
@@ -77,14 +86,41 @@ _ENVIRON: dict[str, Any] = {
 }
 
 
+def _reference_work(n: int) -> int:
+    table: dict[str, tuple[int, str]] = {}
+    for i in range(n):
+        table[str(i)] = (i, f"k{i}")
+    return sum(len(value[1]) for value in table.values())
+
+
+def calibrate() -> int:
+    """CPU nanoseconds this thread takes for the fixed reference workload."""
+    start = time.thread_time_ns()
+    _reference_work(_REFERENCE_ITERATIONS)
+    return max(1, time.thread_time_ns() - start)
+
+
+def normalised(cpu_ns: list[int], calibration_ns: list[int]) -> float:
+    """Total cost in reference units: each part's CPU time over the mean of the
+    calibrations taken right before and right after it (``len(cpu_ns) + 1`` of them)."""
+    if len(calibration_ns) != len(cpu_ns) + 1:
+        raise ValueError("need one calibration before each part and one after the last")
+    return sum(ns * 2 / (calibration_ns[i] + calibration_ns[i + 1]) for i, ns in enumerate(cpu_ns))
+
+
 @dataclass(frozen=True)
 class Timing:
-    """Nanoseconds of each batch and of the final flush, CPU time, operations timed."""
+    """Nanoseconds of each batch and of the final flush (wall and process CPU), the
+    reference calibrations around them, and the number of operations timed."""
 
     batch_ns: list[int]
     flush_ns: int
     cpu_ns: int
     operations: int
+    #: Process CPU per batch, the final flush last (``len(batch_ns) + 1`` entries).
+    part_cpu_ns: list[int]
+    #: Reference workload CPU before each part and after the last.
+    calibration_ns: list[int]
 
     @property
     def us_per_op(self) -> float:
@@ -94,6 +130,11 @@ class Timing:
     def cpu_us_per_op(self) -> float:
         return self.cpu_ns / self.operations / 1000.0
 
+    @property
+    def norm_per_op(self) -> float:
+        """CPU cost per operation in units of the reference workload (x 1000)."""
+        return normalised(self.part_cpu_ns, self.calibration_ns) / self.operations * 1000.0
+
 
 def batch_sizes(total: int, batches: int = _BATCHES) -> list[int]:
     """Split ``total`` operations into at most ``batches`` near-equal non-empty batches."""
@@ -101,11 +142,12 @@ def batch_sizes(total: int, batches: int = _BATCHES) -> list[int]:
     return [total // batches + (1 if i < total % batches else 0) for i in range(batches)]
 
 
-def _flush_all(flushers: list[Flush]) -> int:
-    start = time.perf_counter_ns()
+def _flush_all(flushers: list[Flush]) -> tuple[int, int]:
+    """(wall ns, process CPU ns) of flushing every exporter."""
+    cpu, start = time.process_time_ns(), time.perf_counter_ns()
     for flush in flushers:
         flush()
-    return time.perf_counter_ns() - start
+    return time.perf_counter_ns() - start, time.process_time_ns() - cpu
 
 
 # -- ASGI ---------------------------------------------------------------------------------
@@ -132,17 +174,29 @@ async def _check_asgi(app: ASGIApp) -> None:
         raise RuntimeError(f"app answered {status} {body[:200]!r}, expected 200 with item_id")
 
 
-async def _asgi_batches(app: ASGIApp, sizes: list[int]) -> list[int]:
+@dataclass
+class _Parts:
+    """Per batch: wall ns and process CPU ns; calibrations before each batch (when kept)."""
+
+    wall: list[int]
+    cpu: list[int]
+    calibration: list[int]
+
+
+async def _asgi_batches(app: ASGIApp, sizes: list[int], calibrated: bool = False) -> _Parts:
     scope, headers, receive, send = _SCOPE, _HEADERS, _receive, _discard
-    clock = time.perf_counter_ns
-    out = []
+    clock, cpu_clock = time.perf_counter_ns, time.process_time_ns
+    parts = _Parts([], [], [])
     for size in sizes:
-        start = clock()
+        if calibrated:
+            parts.calibration.append(calibrate())
+        cpu, start = cpu_clock(), clock()
         for _ in range(size):
             # A fresh scope per request: frameworks and middleware write into it.
             await app({**scope, "headers": list(headers)}, receive, send)
-        out.append(clock() - start)
-    return out
+        parts.wall.append(clock() - start)
+        parts.cpu.append(cpu_clock() - cpu)
+    return parts
 
 
 def time_asgi(app: ASGIApp, requests: int, warmup: int, flushers: list[Flush]) -> Timing:
@@ -154,13 +208,27 @@ def time_asgi(app: ASGIApp, requests: int, warmup: int, flushers: list[Flush]) -
         loop.run_until_complete(_asgi_batches(app, [warmup]))
         _flush_all(flushers)
         gc.collect()
-        cpu_start = time.process_time_ns()
-        batch_ns = loop.run_until_complete(_asgi_batches(app, batch_sizes(requests)))
-        flush_ns = _flush_all(flushers)
-        cpu_ns = time.process_time_ns() - cpu_start
+        parts = loop.run_until_complete(_asgi_batches(app, batch_sizes(requests), True))
+        parts.calibration.append(calibrate())
+        flush_ns, flush_cpu_ns = _flush_all(flushers)
+        parts.calibration.append(calibrate())
     finally:
         _close(loop)
-    return Timing(batch_ns, flush_ns, cpu_ns, requests)
+    return _timing(parts, flush_ns, flush_cpu_ns, requests)
+
+
+def _timing(parts: _Parts, flush_ns: int, flush_cpu_ns: int, operations: int) -> Timing:
+    # The calibrations between batches are not part of the cost: only the batches' and
+    # the flush's own CPU time is summed.
+    part_cpu = [*parts.cpu, flush_cpu_ns]
+    return Timing(
+        batch_ns=parts.wall,
+        flush_ns=flush_ns,
+        cpu_ns=sum(part_cpu),
+        operations=operations,
+        part_cpu_ns=part_cpu,
+        calibration_ns=parts.calibration,
+    )
 
 
 def _close(loop: asyncio.AbstractEventLoop) -> None:
@@ -205,16 +273,19 @@ def _check_wsgi(app: WSGIApp) -> None:
         raise RuntimeError(f"app answered {statuses} {body[:200]!r}, expected 200 with item_id")
 
 
-def _wsgi_batches(app: WSGIApp, sizes: list[int]) -> list[int]:
-    clock = time.perf_counter_ns
+def _wsgi_batches(app: WSGIApp, sizes: list[int], calibrated: bool = False) -> _Parts:
+    clock, cpu_clock = time.perf_counter_ns, time.process_time_ns
     call, start_response = _call_wsgi, _start_response
-    out = []
+    parts = _Parts([], [], [])
     for size in sizes:
-        start = clock()
+        if calibrated:
+            parts.calibration.append(calibrate())
+        cpu, start = cpu_clock(), clock()
         for _ in range(size):
             call(app, start_response)
-        out.append(clock() - start)
-    return out
+        parts.wall.append(clock() - start)
+        parts.cpu.append(cpu_clock() - cpu)
+    return parts
 
 
 def time_wsgi(app: WSGIApp, requests: int, warmup: int, flushers: list[Flush]) -> Timing:
@@ -223,7 +294,8 @@ def time_wsgi(app: WSGIApp, requests: int, warmup: int, flushers: list[Flush]) -
     _wsgi_batches(app, [warmup])
     _flush_all(flushers)
     gc.collect()
-    cpu_start = time.process_time_ns()
-    batch_ns = _wsgi_batches(app, batch_sizes(requests))
-    flush_ns = _flush_all(flushers)
-    return Timing(batch_ns, flush_ns, time.process_time_ns() - cpu_start, requests)
+    parts = _wsgi_batches(app, batch_sizes(requests), True)
+    parts.calibration.append(calibrate())
+    flush_ns, flush_cpu_ns = _flush_all(flushers)
+    parts.calibration.append(calibrate())
+    return _timing(parts, flush_ns, flush_cpu_ns, requests)

@@ -15,11 +15,25 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks import stats
+from benchmarks import server, stats
 from benchmarks.runner import ROOT, RunResult, VariantRun
 from benchmarks.suites import SUITES, Suite
 
-__all__ = ["analyse", "gate_outcomes", "machine_info", "markdown", "write_results"]
+__all__ = [
+    "GATE_HTTP_KEY",
+    "GATE_LOGGING_KEY",
+    "analyse",
+    "gate_outcomes",
+    "machine_info",
+    "markdown",
+    "write_results",
+]
+
+#: What the gate reads for an in-process HTTP suite: devkit's overhead over the stack's,
+#: from CPU time normalised by the reference workload (see drivers.calibrate).
+GATE_HTTP_KEY = "norm_overhead_ratio_to_stack"
+#: ... and for logging: devkit's records/s over stdlib's, from the same normalised cost.
+GATE_LOGGING_KEY = "norm_ratio_to_baseline"
 
 
 def source_info() -> dict[str, Any]:
@@ -47,14 +61,56 @@ def source_info() -> dict[str, Any]:
     return info
 
 
-def machine_info() -> dict[str, Any]:
-    return {
+#: Distributions whose versions decide the numbers (the peers devkit is compared with).
+PACKAGES = (
+    "opentelemetry-sdk",
+    "opentelemetry-instrumentation-asgi",
+    "structlog",
+    "prometheus-client",
+    "starlette",
+    "fastapi",
+    "flask",
+    "uvicorn",
+    "python-json-logger",
+)
+
+
+def cpu_model() -> str | None:
+    """The CPU model name from /proc/cpuinfo (Linux), or None."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return value.strip()
+    return None
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def machine_info(with_wrk: bool = False) -> dict[str, Any]:
+    info: dict[str, Any] = {
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "machine": platform.machine(),
+        "packages": package_versions(),
     }
+    if with_wrk:
+        info["wrk"] = server.wrk_version()
+    return info
 
 
 def _summary_dict(summary: stats.Summary, unit: str, prefix: str = "") -> dict[str, float]:
@@ -82,7 +138,9 @@ def _export(vrun: VariantRun) -> dict[str, Any] | None:
     return out
 
 
-def _compare(samples: dict[str, list[float]], suite: Suite, prefix: str) -> dict[str, Any]:
+def _compare(
+    samples: dict[str, list[float]], suite: Suite, prefix: str, unit: str = "us"
+) -> dict[str, Any]:
     """Per variant: summary, overhead vs bare and overhead ratio vs the stack."""
     summaries = {name: stats.summarize(values) for name, values in samples.items() if values}
     bare = summaries.get(suite.baseline)
@@ -90,11 +148,11 @@ def _compare(samples: dict[str, list[float]], suite: Suite, prefix: str) -> dict
     stack_overhead = stats.overhead(stack, bare) if stack and bare else None
     out: dict[str, Any] = {}
     for name, summary in summaries.items():
-        entry: dict[str, Any] = _summary_dict(summary, "us", prefix)
-        entry[f"{prefix}samples_us"] = [round(v, 3) for v in samples[name]]
+        entry: dict[str, Any] = _summary_dict(summary, unit, prefix)
+        entry[f"{prefix}samples_{unit}"] = [round(v, 3) for v in samples[name]]
         if bare is not None:
             over = stats.overhead(summary, bare)
-            entry[f"{prefix}overhead_us"] = round(over, 3)
+            entry[f"{prefix}overhead_{unit}"] = round(over, 3)
             entry[f"{prefix}ratio_to_bare"] = round(summary.median / bare.median, 3)
             if stack_overhead is not None and name != suite.baseline:
                 ratio = stats.overhead_ratio(over, stack_overhead)
@@ -109,6 +167,9 @@ def _http_suite(suite: Suite, runs: dict[str, VariantRun]) -> dict[str, Any]:
     ok = {name: vrun for name, vrun in runs.items() if vrun.status == "ok"}
     wall = _compare({n: v.samples.get("request", []) for n, v in ok.items()}, suite, "")
     cpu = _compare({n: v.cpu_samples.get("request", []) for n, v in ok.items()}, suite, "cpu_")
+    norm = _compare(
+        {n: v.norm_samples.get("request", []) for n, v in ok.items()}, suite, "norm_", "mref"
+    )
     variants: dict[str, Any] = {}
     for name, vrun in runs.items():
         entry: dict[str, Any] = {"status": vrun.status}
@@ -116,6 +177,7 @@ def _http_suite(suite: Suite, runs: dict[str, VariantRun]) -> dict[str, Any]:
             entry["reason"] = vrun.reason
         entry.update(wall.get(name, {}))
         entry.update(cpu.get(name, {}))
+        entry.update(norm.get(name, {}))
         export = _export(vrun)
         if export is not None and export["posts"]:
             entry["export"] = export
@@ -133,13 +195,18 @@ def _http_suite(suite: Suite, runs: dict[str, VariantRun]) -> dict[str, Any]:
 
 def _logging_suite(suite: Suite, runs: dict[str, VariantRun]) -> dict[str, Any]:
     rates: dict[str, dict[str, stats.Summary]] = {}
+    norms: dict[str, dict[str, stats.Summary]] = {}
     for name, vrun in runs.items():
         if vrun.status == "ok":
             rates[name] = {
                 case: stats.summarize([stats.per_second(us) for us in samples])
                 for case, samples in vrun.samples.items()
             }
+            norms[name] = {
+                case: stats.summarize(samples) for case, samples in vrun.norm_samples.items()
+            }
     base = rates.get(suite.baseline, {})
+    base_norm = norms.get(suite.baseline, {})
     variants: dict[str, Any] = {}
     for name, vrun in runs.items():
         entry: dict[str, Any] = {"status": vrun.status}
@@ -156,6 +223,15 @@ def _logging_suite(suite: Suite, runs: dict[str, VariantRun]) -> dict[str, Any]:
                 )
             if case in base:
                 case_entry["ratio_to_baseline"] = round(summary.median / base[case].median, 3)
+            norm = norms.get(name, {}).get(case)
+            if norm is not None:
+                case_entry["norm_mref_per_record_median"] = round(norm.median, 3)
+                case_entry["norm_samples_mref"] = [round(v, 3) for v in vrun.norm_samples[case]]
+                if case in base_norm:
+                    # Throughput ratio = inverse cost ratio, in reference units.
+                    case_entry["norm_ratio_to_baseline"] = round(
+                        base_norm[case].median / norm.median, 3
+                    )
             entry[case] = case_entry
         if vrun.warnings:
             entry["warnings"] = vrun.warnings
@@ -168,22 +244,81 @@ def _logging_suite(suite: Suite, runs: dict[str, VariantRun]) -> dict[str, Any]:
     }
 
 
+def _server_suite(suite: Suite, runs: dict[str, VariantRun]) -> dict[str, Any]:
+    """Per variant: medians of requests/s and latency percentiles, each with its ratio to
+    bare, and the server's CPU time per request compared like the in-process suites."""
+    ok = {name: vrun for name, vrun in runs.items() if vrun.status == "ok"}
+    summaries = {
+        name: {m: stats.summarize(v) for m, v in vrun.samples.items() if v}
+        for name, vrun in ok.items()
+    }
+    bare = summaries.get(suite.baseline, {})
+    cpu = _compare({n: v.cpu_samples.get("request", []) for n, v in ok.items()}, suite, "cpu_")
+    variants: dict[str, Any] = {}
+    for name, vrun in runs.items():
+        entry: dict[str, Any] = {"status": vrun.status}
+        if vrun.reason:
+            entry["reason"] = vrun.reason
+        for measure, summary in summaries.get(name, {}).items():
+            unit = "per_s" if measure == "requests_per_s" else "ms"
+            m: dict[str, Any] = _summary_dict(summary, unit)
+            m["samples"] = [round(v, 3) for v in vrun.samples[measure]]
+            if measure in bare:
+                m["ratio_to_bare"] = round(summary.median / bare[measure].median, 3)
+            entry[measure] = m
+        entry.update(cpu.get(name, {}))
+        export = _export(vrun)
+        if export is not None and export["posts"]:
+            entry["export"] = export
+        if vrun.operations:
+            entry["requests_answered"] = vrun.operations
+        if vrun.warnings:
+            entry["warnings"] = vrun.warnings
+        variants[name] = entry
+    return {
+        "unit": "requests/s",
+        "baseline": suite.baseline,
+        "reference": suite.reference,
+        "measures": list(suite.measures),
+        "variants": variants,
+    }
+
+
 def analyse(result: RunResult) -> dict[str, Any]:
     """The results document: machine, run settings and per-suite numbers."""
     plan = result.plan
     suites: dict[str, Any] = {}
     for name, runs in result.variants.items():
         suite = SUITES[name]
-        suites[name] = _http_suite(suite, runs) if suite.is_http else _logging_suite(suite, runs)
+        if name in result.unavailable:
+            suites[name] = {"status": "unavailable", "reason": result.unavailable[name]}
+        elif suite.is_server:
+            suites[name] = _server_suite(suite, runs)
+        elif suite.is_http:
+            suites[name] = _http_suite(suite, runs)
+        else:
+            suites[name] = _logging_suite(suite, runs)
+    has_server = any(SUITES[name].is_server for name in plan.suites)
+    run: dict[str, Any] = {
+        "rounds": plan.rounds,
+        "requests_per_round": plan.requests,
+        "records_per_round": plan.records,
+        "seed": plan.seed,
+        "duration_s": round(result.duration_s, 1),
+    }
+    if has_server:
+        run["server_rounds"] = plan.server_rounds
+        run["server"] = {
+            "command": "uvicorn (1 worker, --no-access-log, --log-level warning)",
+            "load": plan.load.describe(),
+            "duration_s": plan.load.duration_s,
+            "connections": plan.load.connections,
+            "threads": plan.load.threads,
+            "warmup_s": plan.load.warmup_s,
+        }
     return {
-        "machine": machine_info(),
-        "run": {
-            "rounds": plan.rounds,
-            "requests_per_round": plan.requests,
-            "records_per_round": plan.records,
-            "seed": plan.seed,
-            "duration_s": round(result.duration_s, 1),
-        },
+        "machine": machine_info(with_wrk=has_server),
+        "run": run,
         "source": source_info(),
         "suites": suites,
     }
@@ -193,6 +328,9 @@ def gate_outcomes(doc: dict[str, Any], devkit: str = "devkit") -> dict[str, stat
     """Per suite: devkit's overhead ratio to the stack (HTTP) or throughput ratio (logging)."""
     outcomes: dict[str, stats.Outcome] = {}
     for name, data in doc["suites"].items():
+        if data.get("status") == "unavailable":
+            outcomes[name] = f"the suite is unavailable: {data.get('reason')}"
+            continue
         entry = data["variants"].get(devkit)
         if entry is None:
             outcomes[name] = f"the {devkit} variant was not run"
@@ -202,14 +340,18 @@ def gate_outcomes(doc: dict[str, Any], devkit: str = "devkit") -> dict[str, stat
             continue
         if data["unit"] == "records/s":
             ratios = [
-                entry[c]["ratio_to_baseline"]
+                entry[c][GATE_LOGGING_KEY]
                 for c in data["cases"]
-                if "ratio_to_baseline" in entry.get(c, {})
+                if GATE_LOGGING_KEY in entry.get(c, {})
             ]
             # The claim must hold for every record shape, so the worst case is gated.
             outcomes[name] = min(ratios) if ratios else "the baseline logger was not measured"
             continue
-        ratio = entry.get("overhead_ratio_to_stack")
+        if data["unit"] == "requests/s":
+            ratio = entry.get("requests_per_s", {}).get("ratio_to_bare")
+            outcomes[name] = ratio if ratio is not None else "the bare app was not measured"
+            continue
+        ratio = entry.get(GATE_HTTP_KEY)
         if ratio is None:
             outcomes[name] = "the stack's overhead was not measured or not above zero"
         else:
@@ -229,13 +371,14 @@ def _http_markdown(name: str, data: dict[str, Any], rounds: int) -> list[str]:
         f"### {name} — µs per request (median of {rounds} rounds)",
         "",
         "| variant | median | min | max | overhead | x bare | overhead / stack "
-        "| CPU overhead | CPU overhead / stack | spans/req exported | export B/req |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| CPU overhead | CPU overhead / stack | norm. overhead / stack "
+        "| spans/req exported | export B/req |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     notes = []
     for variant, e in data["variants"].items():
         if e["status"] != "ok":
-            lines.append(f"| {variant} | {e['status']} |" + " |" * 9)
+            lines.append(f"| {variant} | {e['status']} |" + " |" * 10)
             notes.append(f"- **{variant}** {e['status']}: {e.get('reason', '')}")
             continue
         export = e.get("export") or {}
@@ -245,6 +388,7 @@ def _http_markdown(name: str, data: dict[str, Any], rounds: int) -> list[str]:
             f"| {_fmt(e.get('overhead_ratio_to_stack'), '.2f')} "
             f"| {_fmt(e.get('cpu_overhead_us'), '+.1f')} "
             f"| {_fmt(e.get('cpu_overhead_ratio_to_stack'), '.2f')} "
+            f"| {_fmt(e.get('norm_overhead_ratio_to_stack'), '.2f')} "
             f"| {_fmt(export.get('spans_per_request'), '.2f')} "
             f"| {_fmt(export.get('bytes_per_request'), '.0f')} |"
         )
@@ -255,18 +399,18 @@ def _http_markdown(name: str, data: dict[str, Any], rounds: int) -> list[str]:
 def _logging_markdown(data: dict[str, Any], rounds: int) -> list[str]:
     cases = data["cases"]
     head = "| variant |" + "".join(
-        f" {c} records/s | min-max | x {data['baseline']} |" for c in cases
+        f" {c} records/s | min-max | x {data['baseline']} | x (norm.) |" for c in cases
     )
     lines = [
         f"### logging — records per second (median of {rounds} rounds)",
         "",
         head,
-        "|---|" + "--:|--:|--:|" * len(cases),
+        "|---|" + "--:|--:|--:|--:|" * len(cases),
     ]
     notes = []
     for variant, e in data["variants"].items():
         if e["status"] != "ok":
-            lines.append(f"| {variant} |" + " |" * (3 * len(cases)))
+            lines.append(f"| {variant} |" + " |" * (4 * len(cases)))
             notes.append(f"- **{variant}** {e['status']}: {e.get('reason', '')}")
             continue
         row = f"| {variant} |"
@@ -274,14 +418,53 @@ def _logging_markdown(data: dict[str, Any], rounds: int) -> list[str]:
             ce = e[c]
             row += (
                 f" {ce['median_per_s']:,.0f} | {ce['min_per_s']:,.0f}-{ce['max_per_s']:,.0f} "
-                f"| {_fmt(ce.get('ratio_to_baseline'), '.2f')} |"
+                f"| {_fmt(ce.get('ratio_to_baseline'), '.2f')} "
+                f"| {_fmt(ce.get('norm_ratio_to_baseline'), '.2f')} |"
             )
         lines.append(row)
     lines.append("")
     lines.append(
         'Cases: `plain` = `info("order placed", order_id=..., amount=..., user_id=...)`; '
-        '`pii` = `info("login for ada@example.com", card="4111 1111 1111 1111")`.'
+        '`pii` = `info("login for ada@example.com", card="4111 1111 1111 1111")`. '
+        "`x (norm.)`: the same ratio from CPU time in units of the reference workload."
     )
+    return [*lines, "", *notes, ""] if notes else [*lines, ""]
+
+
+def _server_markdown(name: str, data: dict[str, Any], rounds: int) -> list[str]:
+    lines = [
+        f"### {name} — requests per second and latency under load (median of {rounds} rounds)",
+        "",
+        "| variant | req/s | min-max | x bare | p50 ms | x bare | p99 ms | x bare "
+        "| server CPU µs/req | CPU overhead | CPU overhead / stack | spans/req exported |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    notes = []
+    for variant, e in data["variants"].items():
+        if e["status"] != "ok":
+            lines.append(f"| {variant} | {e['status']} |" + " |" * 10)
+            notes.append(f"- **{variant}** {e['status']}: {e.get('reason', '')}")
+            continue
+        rps, p50, p99 = e["requests_per_s"], e["p50_ms"], e["p99_ms"]
+        export = e.get("export") or {}
+        lines.append(
+            f"| {variant} | {rps['median_per_s']:,.0f} "
+            f"| {rps['min_per_s']:,.0f}-{rps['max_per_s']:,.0f} "
+            f"| {_fmt(rps.get('ratio_to_bare'), '.2f')} "
+            f"| {_fmt(p50['median_ms'], '.2f')} | {_fmt(p50.get('ratio_to_bare'), '.2f')} "
+            f"| {_fmt(p99['median_ms'], '.2f')} | {_fmt(p99.get('ratio_to_bare'), '.2f')} "
+            f"| {_fmt(e.get('cpu_median_us'))} | {_fmt(e.get('cpu_overhead_us'), '+.1f')} "
+            f"| {_fmt(e.get('cpu_overhead_ratio_to_stack'), '.2f')} "
+            f"| {_fmt(export.get('spans_per_request'), '.2f')} |"
+        )
+        notes.extend(f"- **{variant}** said: `{w}`" for w in e.get("warnings", [])[:3])
+    lines += [
+        "",
+        "`x bare` for req/s: higher is better (devkit's target is at least 0.70); for "
+        "latency: lower is better. Server CPU: the uvicorn process's user + system time "
+        "during the timed load divided by the requests wrk completed. `spans/req exported`: "
+        "spans the receiver got over every request the server answered.",
+    ]
     return [*lines, "", *notes, ""] if notes else [*lines, ""]
 
 
@@ -294,24 +477,58 @@ def _describe_source(source: dict[str, Any]) -> str:
     return text
 
 
+def _describe_run(doc: dict[str, Any]) -> str:
+    run = doc["run"]
+    kinds = {SUITES[name].kind for name in doc["suites"] if name in SUITES}
+    parts = []
+    if kinds - {"server"}:
+        parts.append(
+            f"{run['rounds']} interleaved rounds, {run['requests_per_round']} requests / "
+            f"{run['records_per_round']} records per worker"
+        )
+    if "server" in kinds and "server" in run:
+        parts.append(
+            f"server level: {run['server_rounds']} interleaved rounds of {run['server']['command']}"
+            f" loaded by {run['server']['load']} on {server.HOST}"
+        )
+    return "; ".join(parts) + f", {run['duration_s']} s"
+
+
+def _describe_machine(machine: dict[str, Any]) -> str:
+    text = f"Python {machine['python']} on {machine['platform']}, {machine['cpu_count']} CPUs"
+    if machine.get("cpu_model"):
+        text += f" ({machine['cpu_model']})"
+    packages = {k: v for k, v in (machine.get("packages") or {}).items() if v}
+    if machine.get("wrk"):
+        packages["wrk"] = machine["wrk"].removeprefix("wrk ")
+    if packages:
+        text += "; " + ", ".join(f"{k} {v}" for k, v in packages.items())
+    return text
+
+
 def markdown(doc: dict[str, Any], gate: stats.GateReport | None = None) -> str:
     machine, run = doc["machine"], doc["run"]
     lines = [
         "## devkit benchmarks",
         "",
-        f"Python {machine['python']} on {machine['platform']}, {machine['cpu_count']} CPUs; "
-        f"{run['rounds']} interleaved rounds, {run['requests_per_round']} requests / "
-        f"{run['records_per_round']} records per worker, {run['duration_s']} s; "
-        f"{_describe_source(doc.get('source', {}))}.",
+        f"{_describe_machine(machine)}.",
+        "",
+        f"{_describe_run(doc)}; {_describe_source(doc.get('source', {}))}.",
         "Overhead = median(variant) - median(bare). `overhead / stack` compares with the "
         "hand-assembled stack (OTel + Prometheus + correlation id + structlog access log). "
         "CPU columns: the same from the worker's CPU time (all its threads, export included), "
-        "which other tenants of a busy machine do not inflate.",
+        "which other tenants of a busy machine do not inflate. `norm.`: the same from CPU "
+        "time divided by a fixed reference workload timed around each batch in the same "
+        "worker, which cancels the machine's speed swings (what the gate reads).",
         "",
     ]
     for name, data in doc["suites"].items():
-        if data["unit"] == "records/s":
+        if data.get("status") == "unavailable":
+            lines += [f"### {name} — unavailable: {data.get('reason')}", ""]
+        elif data["unit"] == "records/s":
             lines += _logging_markdown(data, run["rounds"])
+        elif data["unit"] == "requests/s":
+            lines += _server_markdown(name, data, run.get("server_rounds", run["rounds"]))
         else:
             lines += _http_markdown(name, data, run["rounds"])
     if gate is not None:
@@ -326,12 +543,12 @@ def markdown(doc: dict[str, Any], gate: stats.GateReport | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_results(doc: dict[str, Any], text: str, directory: Path) -> None:
-    """Write ``latest.json`` and ``latest.md`` atomically (a reader never sees half)."""
+def write_results(doc: dict[str, Any], text: str, directory: Path, stem: str = "latest") -> None:
+    """Write ``STEM.json`` and ``STEM.md`` atomically (a reader never sees half)."""
     directory.mkdir(parents=True, exist_ok=True)
     for name, content in (
-        ("latest.json", json.dumps(doc, indent=2, ensure_ascii=False) + "\n"),
-        ("latest.md", text),
+        (f"{stem}.json", json.dumps(doc, indent=2, ensure_ascii=False) + "\n"),
+        (f"{stem}.md", text),
     ):
         tmp = directory / (name + ".tmp")
         tmp.write_text(content, encoding="utf-8")

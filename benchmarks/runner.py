@@ -76,6 +76,8 @@ class VariantRun:
     reason: str = ""
     samples: dict[str, list[float]] = field(default_factory=dict)  # measure -> µs per round
     cpu_samples: dict[str, list[float]] = field(default_factory=dict)  # same, CPU time
+    #: CPU cost in units of the reference workload timed around it (x 1000), per round.
+    norm_samples: dict[str, list[float]] = field(default_factory=dict)
     traffic: list[Traffic] = field(default_factory=list)
     flush_us: list[float] = field(default_factory=list)  # timed final flush, per round
     operations: int = 0  # requests that produced telemetry (timed + warm-up + check)
@@ -185,7 +187,8 @@ def run(plan: Plan, progress: Callable[[str], None] = _note) -> RunResult:
                 receiver.take()  # discard anything late from a previous worker
                 if suite.is_server:
                     env = {**_worker_env(), **_SERVER_ENV}
-                    result, stderr = server.measure(variant, receiver.endpoint, env, ROOT, plan.load)
+                    endpoint = receiver.endpoint
+                    result, stderr = server.measure(variant, endpoint, env, ROOT, plan.load)
                 else:
                     result, stderr = _run_worker(suite, variant, plan, receiver)
                 _record(vrun, suite, plan, result, stderr, receiver.take())
@@ -216,6 +219,8 @@ def _record(
         vrun.samples.setdefault(measure, []).append(float(value))
     for measure, value in result.get("cpu_us_per_op", {}).items():
         vrun.cpu_samples.setdefault(measure, []).append(float(value))
+    for measure, value in result.get("norm_per_op", {}).items():
+        vrun.norm_samples.setdefault(measure, []).append(float(value))
     vrun.traffic.append(traffic)
     if "flush_us" in result:
         vrun.flush_us.append(float(result["flush_us"]))

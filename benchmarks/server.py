@@ -1,0 +1,320 @@
+"""Server-level suite: uvicorn serving the Starlette app, loaded by wrk on 127.0.0.1.
+
+The in-process suites isolate the middleware's cost; this one shows what a user sees: a
+real server (uvicorn, one worker, no access log), real sockets and HTTP parsing, and a
+load generator (``wrk``, closed loop: a fixed number of connections, each sending its
+next request when the previous one is answered). Both share the machine's cores with
+each other and with the harness's OTLP receiver, as they would on a small host.
+
+One measurement: start the server, wait until it answers, warm it up for a second, read
+the server's CPU time, load it for ``duration_s`` seconds, read the CPU time again, then
+stop it with SIGTERM and wait for it to exit (it flushes its queued spans at lifespan
+shutdown). Every step is bounded in time; traffic only goes to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+from benchmarks.apps import PATH
+from benchmarks.server_app import ENDPOINT_ENV, UNAVAILABLE_MARK, VARIANT_ENV
+
+__all__ = [
+    "HOST",
+    "LoadSettings",
+    "WrkResult",
+    "command",
+    "measure",
+    "parse_wrk",
+    "unavailable_reason",
+    "wrk_version",
+]
+
+#: The only address load is ever sent to.
+HOST = "127.0.0.1"
+_START_TIMEOUT_S = 30.0
+_STOP_TIMEOUT_S = 30.0
+#: wrk gets this long beyond its own duration before it is killed.
+_WRK_GRACE_S = 30.0
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How wrk loads the server: ``wrk -tTHREADS -cCONNECTIONS -dDURATIONs --latency``."""
+
+    duration_s: int = 8
+    connections: int = 16
+    threads: int = 1
+    warmup_s: int = 1
+
+    def describe(self) -> str:
+        return (
+            f"wrk -t{self.threads} -c{self.connections} -d{self.duration_s}s --latency "
+            f"after a {self.warmup_s} s warm-up"
+        )
+
+
+def unavailable_reason() -> str | None:
+    """Why the suite cannot run on this machine, or None."""
+    if shutil.which("wrk") is None:
+        return "wrk not installed (apt-get install wrk)"
+    if find_spec("uvicorn") is None:
+        return "uvicorn not installed (pip install uvicorn)"
+    return None
+
+
+def wrk_version() -> str | None:
+    """wrk's version line (``wrk -v`` prints it and exits 1), or None when not installed."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    try:
+        out = subprocess.run(
+            [wrk, "-v"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    first = out.strip().splitlines()[:1]
+    return first[0].split(" Copyright")[0].strip() if first else None
+
+
+# -- wrk ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """What wrk printed: totals, throughput, latency percentiles (ms) and errors."""
+
+    requests: int
+    duration_s: float
+    requests_per_s: float
+    latency_ms: dict[int, float]
+    socket_errors: dict[str, int]
+    non_2xx: int
+
+    @property
+    def errors(self) -> int:
+        return sum(self.socket_errors.values()) + self.non_2xx
+
+
+_TOTAL = re.compile(r"^\s*(\d+) requests in ([\d.]+)(us|ms|s|m|h)\b", re.M)
+_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
+_PERCENTILE = re.compile(r"^\s*(50|75|90|99)%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
+_SOCKET_ERRORS = re.compile(
+    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", re.M
+)
+_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)", re.M)
+
+
+def parse_wrk(text: str) -> WrkResult:
+    """Parse ``wrk --latency`` output; raises ``ValueError`` when a figure is missing."""
+    total, rps = _TOTAL.search(text), _RPS.search(text)
+    if total is None or rps is None:
+        raise ValueError(f"no request totals in wrk output: {text.strip()[-300:]!r}")
+    latency = {int(p): float(v) * _UNITS_MS[unit] for p, v, unit in _PERCENTILE.findall(text)}
+    if 50 not in latency or 99 not in latency:
+        raise ValueError("no latency distribution in wrk output (was --latency given?)")
+    errors = _SOCKET_ERRORS.search(text)
+    socket_errors = (
+        dict(zip(("connect", "read", "write", "timeout"), map(int, errors.groups()), strict=True))
+        if errors
+        else {}
+    )
+    non_2xx = _NON_2XX.search(text)
+    return WrkResult(
+        requests=int(total.group(1)),
+        duration_s=float(total.group(2)) * _UNITS_MS[total.group(3)] / 1000.0,
+        requests_per_s=float(rps.group(1)),
+        latency_ms=latency,
+        socket_errors=socket_errors,
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+    )
+
+
+def _run_wrk(port: int, duration_s: int, load: LoadSettings) -> WrkResult:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise RuntimeError("wrk not installed (apt-get install wrk)")
+    cmd = [
+        wrk,
+        f"-t{load.threads}",
+        f"-c{load.connections}",
+        f"-d{duration_s}s",
+        "--timeout",
+        "5s",
+        "--latency",
+        f"http://{HOST}:{port}{PATH}",
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=duration_s + _WRK_GRACE_S, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    return parse_wrk(proc.stdout)
+
+
+# -- the server ---------------------------------------------------------------------------
+
+
+def command(port: int) -> list[str]:
+    """The uvicorn command line: one worker, no access log, warnings only."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "benchmarks.server_app:create_app",
+        "--factory",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--lifespan",
+        "on",
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(port: int) -> bool:
+    conn = http.client.HTTPConnection(HOST, port, timeout=2)
+    try:
+        conn.request("GET", PATH)
+        response = conn.getresponse()
+        body = response.read()
+        return response.status == 200 and b"item_id" in body
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int) -> int:
+    """Poll until the app answers 200; returns the number of requests it took."""
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    probes = 0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise _ServerExited(proc.returncode)
+        probes += 1
+        if _answers(port):
+            return probes
+        time.sleep(0.1)
+    raise RuntimeError(f"server did not answer 200 on {PATH} within {_START_TIMEOUT_S:.0f} s")
+
+
+class _ServerExited(Exception):
+    def __init__(self, code: int | None) -> None:
+        super().__init__(f"server exited with status {code} before answering")
+        self.code = code
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> tuple[int | None, str | None]:
+    """SIGTERM and wait; kill after the timeout. Returns (exit status, problem)."""
+    if proc.poll() is not None:
+        return proc.returncode, None
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=_STOP_TIMEOUT_S), None
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=_STOP_TIMEOUT_S)
+        return proc.returncode, f"server ignored SIGTERM for {_STOP_TIMEOUT_S:.0f} s; killed"
+
+
+def measure(
+    variant: str, endpoint: str, env: dict[str, str], cwd: Path, load: LoadSettings
+) -> tuple[dict[str, Any], str]:
+    """Serve ``variant`` with uvicorn and load it with wrk. Returns (result, server stderr).
+
+    The result has the shape the runner records: ``values`` (requests/s, p50 and p99 in
+    ms), ``cpu_us_per_op`` (server CPU per request) and ``operations`` (every request the
+    server answered, readiness probes and warm-up included, for the span count).
+    """
+    port = _free_port()
+    server_env = {**env, VARIANT_ENV: variant, ENDPOINT_ENV: endpoint}
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            command(port), cwd=cwd, env=server_env, stdout=subprocess.DEVNULL, stderr=err
+        )
+        result: dict[str, Any]
+        try:
+            probes = _wait_ready(proc, port)
+            warm = _run_wrk(port, load.warmup_s, load)
+            cpu_before = _cpu_seconds(proc.pid)
+            timed = _run_wrk(port, load.duration_s, load)
+            cpu_used = _cpu_seconds(proc.pid) - cpu_before
+            result = _result(timed, warm, probes, cpu_used)
+        except _ServerExited as exc:
+            result = {"status": "error", "reason": str(exc)}
+        except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+            result = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
+        finally:
+            code, problem = _stop(proc)
+        err.seek(0)
+        stderr = err.read().decode("utf-8", "replace")
+    unavailable = [line for line in stderr.splitlines() if line.startswith(UNAVAILABLE_MARK)]
+    if unavailable:
+        return {"status": "unavailable", "reason": unavailable[0][len(UNAVAILABLE_MARK) :]}, ""
+    if problem is not None:
+        result.setdefault("warnings", []).append(problem)
+    # uvicorn re-raises SIGTERM after its graceful shutdown, so -SIGTERM is a clean exit.
+    if result["status"] == "ok" and code not in (0, -signal.SIGTERM):
+        result["warnings"] = [*result.get("warnings", []), f"server exited with status {code}"]
+    return result, stderr
+
+
+def _result(timed: WrkResult, warm: WrkResult, probes: int, cpu_s: float) -> dict[str, Any]:
+    if timed.requests == 0:
+        return {"status": "error", "reason": "wrk completed no request"}
+    if timed.non_2xx or warm.non_2xx:
+        return {
+            "status": "error",
+            "reason": f"{timed.non_2xx + warm.non_2xx} responses were not 2xx/3xx",
+        }
+    warnings = []
+    if timed.errors:
+        detail = ", ".join(f"{k} {v}" for k, v in timed.socket_errors.items() if v)
+        warnings.append(f"wrk socket errors: {detail}")
+    return {
+        "status": "ok",
+        "values": {
+            "requests_per_s": timed.requests_per_s,
+            "p50_ms": timed.latency_ms[50],
+            "p99_ms": timed.latency_ms[99],
+        },
+        "cpu_us_per_op": {"request": cpu_s * 1e6 / timed.requests},
+        "operations": probes + warm.requests + timed.requests,
+        "timed_requests": timed.requests,
+        "warnings": warnings,
+    }

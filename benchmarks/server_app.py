@@ -1,0 +1,67 @@
+"""The app uvicorn serves in the server-level suite: ``benchmarks.server_app:create_app``.
+
+uvicorn calls :func:`create_app` (``--factory``) in the server process. The variant comes
+from ``BENCH_SERVER_VARIANT`` and the receiver's base URL from ``BENCH_OTLP_ENDPOINT``,
+both set by the harness. The variants are the in-process suites' (``benchmarks.variants``)
+wrapped around the same minimal Starlette app, so the server-level numbers measure the
+same instrumentation, with a real server, sockets and HTTP parsing around it.
+
+Spans still queued when the server stops are flushed at lifespan shutdown, so the
+receiver's span count covers every request the variant answered.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, BinaryIO
+
+from benchmarks import apps
+from benchmarks.variants import ASGI_VARIANTS, Context, Unavailable
+
+__all__ = ["ENDPOINT_ENV", "UNAVAILABLE_MARK", "VARIANT_ENV", "build", "create_app"]
+
+VARIANT_ENV = "BENCH_SERVER_VARIANT"
+ENDPOINT_ENV = "BENCH_OTLP_ENDPOINT"
+#: Printed on stderr when the variant cannot run here; the harness reports the rest of
+#: the line as the reason instead of a failure.
+UNAVAILABLE_MARK = "benchmark variant unavailable: "
+UNAVAILABLE_EXIT = 3
+
+
+def build(variant: str, endpoint: str, sink: BinaryIO) -> Any:
+    """The instrumented app for ``variant``; raises :class:`Unavailable` like the workers.
+
+    ``sink`` takes the structlog access log of the OTel stack; devkit writes its records
+    to stdout, which the harness sends to /dev/null.
+    """
+    try:
+        make_variant = ASGI_VARIANTS[variant]
+    except KeyError:
+        raise ValueError(f"unknown ASGI variant {variant!r}") from None
+    ctx = Context(otlp_endpoint=endpoint, sink=sink)
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        yield
+        for flush in ctx.flushers:
+            flush()
+
+    def make_app() -> Any:
+        app = apps.starlette_app()
+        app.router.lifespan_context = lifespan
+        return app
+
+    return make_variant(make_app, ctx)
+
+
+def create_app() -> Any:
+    """uvicorn's factory: build the variant named in the environment."""
+    sink = open(os.devnull, "wb")  # noqa: SIM115 - lives as long as the server
+    try:
+        return build(os.environ[VARIANT_ENV], os.environ[ENDPOINT_ENV], sink)
+    except Unavailable as exc:
+        print(UNAVAILABLE_MARK + str(exc), file=sys.stderr, flush=True)
+        raise SystemExit(UNAVAILABLE_EXIT) from None
