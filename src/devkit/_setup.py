@@ -252,21 +252,31 @@ def shutdown(timeout_s: float | None = None) -> None:
             return
         timeout = timeout_s if timeout_s is not None else runtime.settings.shutdown_timeout_s
         deadline = time.monotonic() + timeout
-        if not runtime.extra.get("stopped"):
-            runtime.extra["stopped"] = True
-            try:
-                _stop_serving(runtime, timeout)
-            except Exception as exc:
-                _errors.report("devkit", "stop_serving_failed", exc)
-        _state.reset()
-        _run_closers(runtime, max(0.0, deadline - time.monotonic()))
+        try:
+            if not runtime.extra.get("stopped"):
+                runtime.extra["stopped"] = True
+                try:
+                    _stop_serving(runtime, timeout)
+                except Exception as exc:
+                    _errors.report("devkit", "stop_serving_failed", exc)
+        finally:
+            # Whatever failed above, the runtime is gone and every closer runs.
+            _state.reset()
+            _run_closers(runtime, max(0.0, deadline - time.monotonic()))
 
 
 def _run_closers(runtime: Runtime, timeout_s: float) -> None:
+    """Run every undo action, newest first; a failing one never stops the others."""
     deadline = time.monotonic() + timeout_s
+    first: BaseException | None = None
     while runtime.closers:
         name, close = runtime.closers.pop()
         try:
             close(max(0.0, deadline - time.monotonic()))
         except Exception as exc:
-            _errors.report(name, "shutdown_failed", exc)
+            try:
+                _errors.report(name, "shutdown_failed", exc)
+            except Exception as strict:  # devkit's own tests: re-raise after the rest ran
+                first = first or strict
+    if first is not None:
+        raise first

@@ -28,13 +28,14 @@ def test_quickstart_script_prints_only_spec_json_lines() -> None:
     )
     lines = proc.stdout.splitlines()
     records = [json.loads(line) for line in lines]  # every line is JSON
-    assert len(records) == 6
+    assert len(records) == 7
     for r in records:
         assert list(r)[:5] == ["timestamp", "level", "service", "logger", "message"]
         assert r["service"] == "svc"
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", r["timestamp"])
         assert r["level"] in {"debug", "info", "warn", "error", "fatal"}
-    outside, stdlib_outside, inside, stdlib_inside, secret, failure = records
+    outside, stdlib_outside, inside, stdlib_inside, secret, failure, final = records
+    assert final["message"] == "shutdown complete" and final["logger"] == "devkit"
     assert "trace_id" not in outside and "trace_id" not in stdlib_outside
     assert stdlib_outside["logger"] == "quickstart.stdlib"
     assert re.fullmatch(r"[0-9a-f]{32}", inside["trace_id"])
