@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 
-__all__ = ["correlation_id"]
+__all__ = ["BAGGAGE_KEY", "correlation_id"]
+
+#: The baggage entry that carries the correlation id to downstream services.
+BAGGAGE_KEY = "correlation_id"
 
 #: The correlation id of the request being served, or ``None`` outside a request.
 correlation_id: ContextVar[str | None] = ContextVar("devkit_correlation_id", default=None)

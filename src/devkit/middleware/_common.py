@@ -52,7 +52,7 @@ ROUTE_KEY = "devkit.route"
 #: Frameworks that turn an exception into a 500 response themselves (Flask) leave it here.
 EXCEPTION_KEY = "devkit.exception"
 CORRELATION_HEADER = "X-Correlation-ID"
-BAGGAGE_CORRELATION_KEY = "correlation_id"
+BAGGAGE_CORRELATION_KEY = _context.BAGGAGE_KEY
 _MAX_LOGGED_PATH = 2048
 _CID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 _getrandbits = random.getrandbits
@@ -171,7 +171,7 @@ class Instruments:
                 inbound_cid = from_baggage
         cid = inbound_cid or new_correlation_id()
         ex.cid = cid
-        ctx = baggage.set_baggage(BAGGAGE_CORRELATION_KEY, cid, parent)
+        ctx = parent  # the W3C propagator adds the correlation id to outbound baggage
 
         if self.tracer is not None:
             attributes: dict[str, Any] = {

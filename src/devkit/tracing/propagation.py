@@ -74,7 +74,7 @@ from opentelemetry.context import Context
 from opentelemetry.propagators import textmap
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
-from devkit import _errors
+from devkit import _context, _errors
 
 __all__ = [
     "BAGGAGE_HEADER",
@@ -406,7 +406,12 @@ class W3CPropagator(textmap.TextMapPropagator):
                 if span_context.trace_state:
                     state = format_tracestate(span_context.trace_state)
                     setter.set(carrier, TRACESTATE_HEADER, state)
-            entries = otel_baggage.get_all(context)
+            entries: Mapping[str, object] = otel_baggage.get_all(context)
+            # The request's correlation id travels as baggage without a per-request
+            # baggage context: it is added here, only when a call actually goes out.
+            cid = _context.correlation_id.get()
+            if cid is not None and _context.BAGGAGE_KEY not in entries:
+                entries = {**entries, _context.BAGGAGE_KEY: cid}
             if entries:
                 value = format_baggage(entries)
                 if value:
