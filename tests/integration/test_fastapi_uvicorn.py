@@ -3,42 +3,17 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from servers import OTLPReceiver, Server, clean_env, free_port, samples, serve, uvicorn_argv, value
+from servers import Server, samples, value
 
 pytestmark = pytest.mark.integration
 
 # uvicorn closes a connection after an unhandled exception: no reuse across requests.
 NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[OTLPReceiver]:
-    r = OTLPReceiver().start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, receiver: OTLPReceiver) -> Iterator[Server]:
-    port = free_port()
-    env = clean_env(
-        DEVKIT_SERVICE_NAME="shop",
-        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-        DEVKIT_SAMPLE_SUCCESS_RATIO="1.0",
-    )
-    with serve(
-        uvicorn_argv("examples.fastapi_app:app", port),
-        env,
-        tmp_path_factory.mktemp("uvicorn"),
-        port,
-    ) as s:
-        yield s
 
 
 def test_red_metrics_are_exact_and_bounded(server: Server) -> None:

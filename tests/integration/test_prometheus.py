@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from servers import OTLPReceiver, Server, clean_env, free_port, serve, uvicorn_argv
+from servers import OTLPReceiver, Server, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -58,31 +58,6 @@ def poll(fetch: Callable[[], T], ok: Callable[[T], bool], timeout: float = 20) -
         if ok(result) or time.monotonic() > deadline:
             return result
         time.sleep(0.25)
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[OTLPReceiver]:
-    r = OTLPReceiver().start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, receiver: OTLPReceiver) -> Iterator[Server]:
-    port = free_port()
-    env = clean_env(
-        DEVKIT_SERVICE_NAME="shop",
-        # Every trace is kept and exported, so every request carries an exemplar.
-        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-        DEVKIT_SAMPLE_SUCCESS_RATIO="1.0",
-    )
-    with serve(
-        uvicorn_argv("examples.fastapi_app:app", port),
-        env,
-        tmp_path_factory.mktemp("uvicorn"),
-        port,
-    ) as s:
-        yield s
 
 
 @dataclass
