@@ -315,11 +315,16 @@ def asgi_devkit(make_app: AppFactory, ctx: Context) -> Any:
     return wrap(make_app())
 
 
-def asgi_ddtrace(make_app: AppFactory, ctx: Context) -> Any:
+def _ddtrace(ctx: Context) -> Any:
+    """ddtrace pointed at the local receiver, with its telemetry and remote config off."""
     os.environ["DD_TRACE_AGENT_URL"] = ctx.otlp_endpoint
     os.environ["DD_INSTRUMENTATION_TELEMETRY_ENABLED"] = "false"
     os.environ["DD_REMOTE_CONFIGURATION_ENABLED"] = "false"
-    ddtrace = _optional("ddtrace")
+    return _optional("ddtrace")
+
+
+def asgi_ddtrace(make_app: AppFactory, ctx: Context) -> Any:
+    ddtrace = _ddtrace(ctx)
     middleware = _optional("ddtrace.contrib.asgi").TraceMiddleware
     ctx.flushers.append(ddtrace.tracer.flush)
     return middleware(make_app())
@@ -411,10 +416,7 @@ def wsgi_devkit(make_app: AppFactory, ctx: Context) -> Any:
 
 
 def wsgi_ddtrace(make_app: AppFactory, ctx: Context) -> Any:
-    os.environ["DD_TRACE_AGENT_URL"] = ctx.otlp_endpoint
-    os.environ["DD_INSTRUMENTATION_TELEMETRY_ENABLED"] = "false"
-    os.environ["DD_REMOTE_CONFIGURATION_ENABLED"] = "false"
-    ddtrace = _optional("ddtrace")
+    ddtrace = _ddtrace(ctx)
     middleware = _optional("ddtrace.contrib.wsgi").DDWSGIMiddleware
     ctx.flushers.append(ddtrace.tracer.flush)
     app = make_app()
