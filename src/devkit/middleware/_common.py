@@ -129,7 +129,7 @@ class Instruments:
         self.settings = settings
         self.metrics = metrics
         self.tracing = tracing
-        self.tracer = tracing.server_spans if tracing is not None else None
+        self.server_spans = tracing.server_spans if tracing is not None else None
         self.processor = tracing.processor if tracing is not None else None
         self.exemplars = tracing is not None and tracing.exports
         self.logs = logs
@@ -173,7 +173,7 @@ class Instruments:
         ex.cid = cid
         ctx = parent  # the W3C propagator adds the correlation id to outbound baggage
 
-        if self.tracer is not None:
+        if self.server_spans is not None:
             attributes: dict[str, Any] = {
                 "http.request.method": method_label,
                 "url.scheme": scheme,
@@ -183,7 +183,7 @@ class Instruments:
             if method_label == "_OTHER":
                 attributes["http.request.method_original"] = method[:64]
             parent_span = trace.get_current_span(ctx).get_span_context()
-            span = self.tracer.start(method_label, parent_span, attributes)
+            span = self.server_spans.start(method_label, parent_span, attributes)
             ctx = trace.set_span_in_context(span, ctx)
             ex.span = span
         else:
