@@ -27,13 +27,14 @@ from typing import IO, Any, cast
 import orjson
 import structlog
 from opentelemetry import trace as otel_trace
+from opentelemetry.trace import SpanContext
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
 from devkit import _context, _errors
 from devkit.config import Settings
 from devkit.redaction import Redactor
 
-__all__ = ["LogPipeline", "StdlibHandler", "add_tap", "get_logger", "remove_tap"]
+__all__ = ["ACCESS_LOGGER", "LogPipeline", "StdlibHandler", "add_tap", "get_logger", "remove_tap"]
 
 # structlog method names and stdlib level names -> the SPEC's five level names.
 _LEVEL_OF_METHOD = {
@@ -66,6 +67,25 @@ _NOT_REDACTED = frozenset(
 )
 _MAX_STACK_CHARS = 32_768
 _JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+
+#: The logger name of the middleware's ``request completed`` records.
+ACCESS_LOGGER = "devkit.access"
+_MAX_CACHED_ROUTES = 4096
+# The access record: timestamp second, milliseconds, head (level ... method), route JSON,
+# path JSON, status, duration in ms, [trace id, span id,] correlation id.
+_ACCESS_TRACED = (
+    b'{"timestamp":"%s.%03dZ%s%s,"path":%s,"status_code":%d,"duration_ms":%.3f,'
+    b'"trace_id":"%032x","span_id":"%016x","correlation_id":"%s"}\n'
+)
+_ACCESS_UNTRACED = (
+    b'{"timestamp":"%s.%03dZ%s%s,"path":%s,"status_code":%d,"duration_ms":%.3f,'
+    b'"correlation_id":"%s"}\n'
+)
+
+
+class _Generic(Exception):
+    """The access record takes the generic path (console format)."""
+
 
 # Renders of the captured records go to every tap as well (devkit.testing).
 _TAPS: list[Callable[[bytes], None]] = []
@@ -122,6 +142,11 @@ class LogPipeline:
         self._text: IO[str] | None = None if self._binary is not None else cast(IO[str], out)
         self._console = settings.log_format == "console"
         self._colors = self._console and bool(getattr(out, "isatty", lambda: False)())
+        # The access record's constant parts, rendered once (see ``access``).
+        self._service_json = orjson.dumps(self.service)
+        self._access_heads: dict[tuple[str, str], bytes] = {}
+        self._route_json: dict[str, bytes] = {}
+        self._second: tuple[int, bytes] = (-1, b"")
 
     # -- processing -------------------------------------------------------------------
 
@@ -174,19 +199,111 @@ class LogPipeline:
             return orjson.dumps(_sanitize(record), default=str, option=_JSON_OPTIONS)
 
     def write(self, line: bytes) -> None:
+        """One whole line per call: a buffered binary stream keeps concurrent lines whole
+        by itself (its own lock); a text stream is written under the pipeline's lock."""
+        binary = self._binary
         try:
-            with self._lock:
-                if self._binary is not None:
-                    self._binary.write(line)
-                    self._binary.flush()
-                else:
-                    assert self._text is not None
+            if binary is not None:
+                binary.write(line)
+                binary.flush()
+            else:
+                assert self._text is not None
+                with self._lock:
                     self._text.write(line.decode("utf-8"))
                     self._text.flush()
         except (OSError, ValueError) as exc:  # closed or broken stream
             _errors.report("logs", "write_failed", exc)
-        for tap in _TAPS:
-            tap(line)
+        if _TAPS:
+            for tap in _TAPS:
+                tap(line)
+
+    # -- the access record ------------------------------------------------------------
+
+    def access(
+        self,
+        level: str,
+        method: str,
+        route: str,
+        path: str,
+        status_code: int,
+        duration_s: float,
+        ids: SpanContext | None,
+        correlation_id: str,
+    ) -> None:
+        """Write the ``request completed`` record of one request; never raises.
+
+        The same fields, in the same order, as :meth:`emit` would write, rendered from
+        parts cached at the first request (the level/service/logger/message/method head,
+        the JSON of each route template), so the record costs one format operation.
+        ``method`` is a method label and ``correlation_id`` a validated one: both are
+        JSON-safe as they are. ``path`` must already be redacted. The console format and
+        records with an exception take :meth:`emit`.
+        """
+        try:
+            if self._console:
+                raise _Generic
+            head = self._access_heads.get((level, method))
+            if head is None:
+                head = self._access_head(level, method)
+            route_json = self._route_json.get(route)
+            if route_json is None:
+                route_json = orjson.dumps(route)
+                if len(self._route_json) < _MAX_CACHED_ROUTES:
+                    self._route_json[route] = route_json
+            now = time.time()
+            second = int(now)
+            cached, prefix = self._second
+            if second != cached:
+                prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+                self._second = (second, prefix)
+            if ids is not None and ids.is_valid:
+                line = _ACCESS_TRACED % (
+                    prefix,
+                    int((now - second) * 1000),
+                    head,
+                    route_json,
+                    orjson.dumps(path),
+                    status_code,
+                    duration_s * 1000.0,
+                    ids.trace_id,
+                    ids.span_id,
+                    correlation_id.encode(),
+                )
+            else:
+                line = _ACCESS_UNTRACED % (
+                    prefix,
+                    int((now - second) * 1000),
+                    head,
+                    route_json,
+                    orjson.dumps(path),
+                    status_code,
+                    duration_s * 1000.0,
+                    correlation_id.encode(),
+                )
+        except Exception:  # the console format, or a path orjson refuses (lone surrogates)
+            self.emit(
+                level,
+                {
+                    "event": "request completed",
+                    "logger": ACCESS_LOGGER,
+                    "method": method,
+                    "route": route,
+                    "path": path,
+                    "status_code": status_code,
+                    "duration_ms": round(duration_s * 1000.0, 3),
+                },
+                redact=False,
+            )
+            return
+        self.write(line)
+
+    def _access_head(self, level: str, method: str) -> bytes:
+        head = (
+            b'","level":"%s","service":%s,"logger":"%s","message":"request completed",'
+            b'"method":%s,"route":'
+        ) % (level.encode(), self._service_json, ACCESS_LOGGER.encode(), orjson.dumps(method))
+        self._access_heads[(level, method)] = head
+        return head
 
     def emit(
         self, level: str, event: EventDict, created: float | None = None, redact: bool = True

@@ -8,7 +8,7 @@ active there and in every other middleware, so their logs carry the trace id.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from devkit import _errors, _state
@@ -16,6 +16,7 @@ from devkit.middleware._common import (
     ACTIVE_KEY,
     CORRELATION_HEADER,
     Answer,
+    environ_getter,
     metrics_answer,
     probe_answer,
 )
@@ -24,12 +25,6 @@ __all__ = ["DevkitMiddleware", "enable"]
 
 MIDDLEWARE_PATH = "devkit.integrations.django.DevkitMiddleware"
 _EXC_ATTR = "_devkit_exception"
-_HEADER_KEYS = {
-    "traceparent": "HTTP_TRACEPARENT",
-    "tracestate": "HTTP_TRACESTATE",
-    "baggage": "HTTP_BAGGAGE",
-}
-_NO_VALUES: Sequence[str] = ()
 
 
 def _route(request: Any) -> str | None:
@@ -64,17 +59,13 @@ class DevkitMiddleware:
             if kind is not None:
                 return _response(probe_answer(inst, kind))
 
-        def get_header(name: str) -> Sequence[str]:
-            value = meta.get(_HEADER_KEYS[name])
-            return (value,) if value else _NO_VALUES
-
         ex = inst.begin(
             request.method or "GET",
             request.scheme or "http",
             path,
             meta.get("QUERY_STRING", ""),
             meta.get("HTTP_X_CORRELATION_ID") or meta.get("HTTP_X_REQUEST_ID"),
-            get_header,
+            environ_getter(inst, meta),
         )
         try:
             response = self.get_response(request)

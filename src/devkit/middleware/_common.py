@@ -12,21 +12,22 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from contextvars import Token
+from contextvars import ContextVar, Token
 from typing import Any
 
 from opentelemetry import baggage, context, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import SpanContext
 
 from devkit import _context, _errors
 from devkit.config import Settings
 from devkit.health import HealthRegistry
-from devkit.logs import LogPipeline
+from devkit.logs import ACCESS_LOGGER, LogPipeline
 from devkit.metrics import STANDARD_METHODS, UNMATCHED, RedMetrics
 from devkit.redaction import Redactor
 from devkit.tracing.propagation import extract
 from devkit.tracing.provider import Tracing
+from devkit.tracing.span import ServerSpan
 
 #: (status, content type, body) of an answer devkit gives itself: /metrics or a probe.
 Answer = tuple[int, str, bytes]
@@ -39,6 +40,7 @@ __all__ = [
     "Answer",
     "Exchange",
     "Instruments",
+    "environ_getter",
     "metrics_answer",
     "probe_answer",
     "probe_answer_async",
@@ -56,6 +58,7 @@ BAGGAGE_CORRELATION_KEY = _context.BAGGAGE_KEY
 _MAX_LOGGED_PATH = 2048
 _CID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 _getrandbits = random.getrandbits
+_perf_counter = time.perf_counter
 
 
 def valid_correlation_id(value: str | None) -> bool:
@@ -89,6 +92,7 @@ class Exchange:
         "path",
         "query",
         "span",
+        "ids",
         "token",
         "cid",
         "cid_token",
@@ -101,8 +105,9 @@ class Exchange:
     method_label: str
     path: str
     query: str
-    span: Span | None
-    token: object
+    span: ServerSpan | None
+    ids: SpanContext | None
+    token: Token[Context] | None
     cid: str
     cid_token: Token[str | None]
     status: int
@@ -110,6 +115,30 @@ class Exchange:
 
     def __init__(self) -> None:
         self.status = 0
+
+
+#: The key under which the OpenTelemetry API keeps the current span in a Context.
+_SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
+_LEVEL_NUMBERS = {"info": 20, "warn": 30, "error": 40}
+
+
+def _runtime_context_var() -> ContextVar[Context] | None:
+    """The ContextVar behind OpenTelemetry's default runtime context, when that is in use.
+
+    Setting it directly is what ``opentelemetry.context.attach`` does, minus two calls;
+    any other runtime context (``OTEL_PYTHON_CONTEXT``) goes through the API.
+    """
+    try:
+        from opentelemetry.context import _RUNTIME_CONTEXT
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+        if type(_RUNTIME_CONTEXT) is ContextVarsRuntimeContext:
+            var = getattr(_RUNTIME_CONTEXT, "_current_context", None)
+            if isinstance(var, ContextVar):
+                return var
+    except Exception:
+        pass
+    return None
 
 
 class Instruments:
@@ -139,6 +168,25 @@ class Instruments:
         self.health_prefix = settings.health_path + "/"
         self.probes = {self.health_prefix + kind: kind for kind in ("startup", "ready", "live")}
         self._propagators_from_env = propagators_from_env
+        #: Lower-case names of the headers the propagators read (what adapters collect).
+        self.propagation_headers = frozenset(_propagation_fields(propagators_from_env))
+        #: What the ASGI adapter collects from the raw headers: those and the correlation id.
+        self.asgi_headers = frozenset(
+            {name.encode("latin-1") for name in self.propagation_headers}
+            | {b"x-correlation-id", b"x-request-id"}
+        )
+        #: WSGI environ keys of the propagation headers.
+        self.environ_headers = {
+            "HTTP_" + name.upper().replace("-", "_"): name for name in self.propagation_headers
+        }
+        # Access records below DEVKIT_LOG_LEVEL are not even built.
+        self._access_levels = {
+            level: logs is not None and number >= logs.level_number
+            for level, number in _LEVEL_NUMBERS.items()
+        }
+        var = _runtime_context_var()
+        self._context_set = var.set if var is not None else context.attach
+        self._context_reset = var.reset if var is not None else context.detach
         self._in_flight = 0
         self.started_requests = 0
 
@@ -151,10 +199,11 @@ class Instruments:
         path: str,
         query: str,
         inbound_cid: str | None,
-        get_header: Callable[[str], Sequence[str]],
+        get_header: Callable[[str], Sequence[str]] | None,
     ) -> Exchange:
+        """Start a request. ``get_header`` is None when no propagation header arrived."""
         ex = Exchange()
-        ex.start = time.perf_counter()
+        ex.start = _perf_counter()
         ex.method = method
         method_label = method if method in STANDARD_METHODS else "_OTHER"
         ex.method_label = method_label
@@ -163,32 +212,34 @@ class Instruments:
         self._in_flight += 1
         self.started_requests += 1
 
-        parent = self._extract(get_header)
-        if not valid_correlation_id(inbound_cid):
+        if inbound_cid is not None and not valid_correlation_id(inbound_cid):
             inbound_cid = None
-            from_baggage = baggage.get_baggage(BAGGAGE_CORRELATION_KEY, parent)
-            if isinstance(from_baggage, str) and valid_correlation_id(from_baggage):
-                inbound_cid = from_baggage
+        parent: Context | None = None
+        parent_span: SpanContext | None = None
+        if get_header is not None:
+            parent = self._extract(get_header)
+            remote = parent.get(_SPAN_KEY)
+            if remote is not None:
+                parent_span = remote.get_span_context()  # type: ignore[attr-defined]
+            if inbound_cid is None:
+                from_baggage = baggage.get_baggage(BAGGAGE_CORRELATION_KEY, parent)
+                if isinstance(from_baggage, str) and valid_correlation_id(from_baggage):
+                    inbound_cid = from_baggage
         cid = inbound_cid or new_correlation_id()
         ex.cid = cid
-        ctx = parent  # the W3C propagator adds the correlation id to outbound baggage
 
-        if self.server_spans is not None:
-            attributes: dict[str, Any] = {
-                "http.request.method": method_label,
-                "url.scheme": scheme,
-                "url.path": path,
-                "correlation.id": cid,
-            }
-            if method_label == "_OTHER":
-                attributes["http.request.method_original"] = method[:64]
-            parent_span = trace.get_current_span(ctx).get_span_context()
-            span = self.server_spans.start(method_label, parent_span, attributes)
-            ctx = trace.set_span_in_context(span, ctx)
+        # The W3C propagator adds the correlation id to outbound baggage itself.
+        factory = self.server_spans
+        if factory is not None:
+            span = factory.start_request(method_label, method, scheme, path, cid, parent_span)
             ex.span = span
+            ex.ids = span.context
+            ctx = Context({**parent, _SPAN_KEY: span}) if parent else Context({_SPAN_KEY: span})
+            ex.token = self._context_set(ctx)
         else:
             ex.span = None
-        ex.token = context.attach(ctx)
+            ex.ids = parent_span
+            ex.token = self._context_set(parent) if parent is not None else None
         ex.cid_token = _context.correlation_id.set(cid)
         if self.metrics is not None:
             child = self.metrics.in_progress_child(method_label)
@@ -212,17 +263,20 @@ class Instruments:
             _errors.report("middleware", "finish_failed", error)
         finally:
             self._in_flight -= 1
+            if ex.token is not None:
+                try:
+                    self._context_reset(ex.token)
+                except Exception:  # detached from another context: nothing left to undo
+                    pass
             try:
-                context.detach(ex.token)  # type: ignore[arg-type]
-            except Exception:  # detached from another context: nothing left to undo
+                _context.correlation_id.reset(ex.cid_token)
+            except ValueError:
                 pass
-            _context.correlation_id.reset(ex.cid_token)
 
     def _finish(
         self, ex: Exchange, route: str | None, status: int, exc: BaseException | None
     ) -> None:
-        duration = time.perf_counter() - ex.start
-        route = route or UNMATCHED
+        duration = _perf_counter() - ex.start
         if exc is not None and not isinstance(exc, Exception):
             # Cancelled (client went away) or interpreter exit: not a server error.
             error = False
@@ -237,52 +291,59 @@ class Instruments:
         trace_id: str | None = None
         span = ex.span
         if span is not None:
-            span.update_name(f"{ex.method_label} {route}")
-            attributes: dict[str, Any] = {"http.response.status_code": status}
-            if route != UNMATCHED:
-                attributes["http.route"] = route
+            error_type = None
             if error:
-                attributes["error.type"] = _qualified(exc) if exc is not None else str(status)
+                error_type = _qualified(exc) if exc is not None else str(status)
                 if exc is not None:
                     span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR))
-            span.set_attributes(attributes)
-            span.end()
-            if self.exemplars and self.processor is not None:
-                tid = span.get_span_context().trace_id
-                if self.processor.kept(tid):
-                    trace_id = "%032x" % tid
+            assert self.server_spans is not None
+            kept = self.server_spans.end_request(
+                span, route, status, error_type, span.start_time + int(duration * 1e9)
+            )
+            if kept and self.exemplars:
+                trace_id = "%032x" % span.context.trace_id
 
+        if route is None:
+            route = UNMATCHED
         if self.metrics is not None:
             self.metrics.observe(ex.method_label, route, status, duration, error, trace_id)
             if ex.in_progress is not None:
                 ex.in_progress.dec()
 
-        if self.logs is not None:
+        logs = self.logs
+        if logs is not None:
             if error:
                 level = "error"
             elif status >= 400:
                 level = "warn"
             else:
                 level = "info"
+            if not self._access_levels[level]:
+                return
             path = ex.path if len(ex.path) <= _MAX_LOGGED_PATH else ex.path[:_MAX_LOGGED_PATH]
             if ex.query:
                 path = f"{path}?{redact_query(ex.query)}"
             if self.redactor is not None:
                 path = self.redactor.redact_str(path)
-            event: dict[str, Any] = {
-                "event": "request completed",
-                "logger": "devkit.access",
-                "method": ex.method_label,
-                "route": route,
-                "path": path,
-                "status_code": status,
-                "duration_ms": round(duration * 1000.0, 3),
-            }
             if exc is not None and error:
-                event["exc_info"] = exc
-            # Every other field is devkit's own (a method label, a route template, numbers).
-            self.logs.emit(level, event, redact=False)
+                logs.emit(
+                    level,
+                    {
+                        "event": "request completed",
+                        "logger": ACCESS_LOGGER,
+                        "method": ex.method_label,
+                        "route": route,
+                        "path": path,
+                        "status_code": status,
+                        "duration_ms": round(duration * 1000.0, 3),
+                        "exc_info": exc,
+                    },
+                    redact=False,
+                )
+            else:
+                # Every field is devkit's own (a method label, a route template, numbers)
+                # or redacted above (the path).
+                logs.access(level, ex.method_label, route, path, status, duration, ex.ids, ex.cid)
 
     def _extract(self, get_header: Callable[[str], Sequence[str]]) -> Context:
         if self._propagators_from_env:
@@ -299,6 +360,30 @@ class Instruments:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+
+def environ_getter(
+    inst: Instruments, environ: dict[str, Any]
+) -> Callable[[str], Sequence[str]] | None:
+    """``get_header`` over a WSGI environ / Django ``META``; None without propagation headers."""
+    for key in inst.environ_headers:
+        if key in environ:
+
+            def get_header(name: str) -> Sequence[str]:
+                value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+                return (value,) if value else ()
+
+            return get_header
+    return None
+
+
+def _propagation_fields(from_env: bool) -> set[str]:
+    fields = {"traceparent", "tracestate", "baggage"}
+    if from_env:
+        from opentelemetry import propagate
+
+        fields |= {name.lower() for name in propagate.get_global_textmap().fields}
+    return fields
 
 
 def _qualified(exc: BaseException) -> str:

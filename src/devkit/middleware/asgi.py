@@ -31,7 +31,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _CID_HEADER = b"x-correlation-id"
 _REQUEST_ID_HEADER = b"x-request-id"
-_WANTED = frozenset({b"traceparent", b"tracestate", b"baggage", _CID_HEADER, _REQUEST_ID_HEADER})
 _NO_VALUES: Sequence[str] = ()
 
 
@@ -99,15 +98,24 @@ class ASGIMiddleware:
                 await _serve_probe(inst, kind, send)
                 return
 
-        headers: dict[bytes, list[str]] = {}
-        for name, value in scope.get("headers", ()):
-            if name in _WANTED:
+        wanted = inst.asgi_headers
+        headers: dict[bytes, list[str]] | None = None
+        for name, value in scope["headers"]:
+            if name in wanted:
+                if headers is None:
+                    headers = {}
                 headers.setdefault(name, []).append(value.decode("latin-1"))
-        cid_values = headers.get(_CID_HEADER) or headers.get(_REQUEST_ID_HEADER)
-        inbound_cid = cid_values[0] if cid_values and len(cid_values) == 1 else None
+        inbound_cid: str | None = None
+        get_header: Callable[[str], Sequence[str]] | None = None
+        if headers is not None:
+            cid_values = headers.pop(_CID_HEADER, None) or headers.pop(_REQUEST_ID_HEADER, None)
+            headers.pop(_REQUEST_ID_HEADER, None)
+            inbound_cid = cid_values[0] if cid_values and len(cid_values) == 1 else None
+            if headers:
+                found = headers
 
-        def get_header(name: str) -> Sequence[str]:
-            return headers.get(name.encode("latin-1"), _NO_VALUES)
+                def get_header(name: str) -> Sequence[str]:
+                    return found.get(name.encode("latin-1"), _NO_VALUES)
 
         query = scope.get("query_string", b"")
         ex = inst.begin(

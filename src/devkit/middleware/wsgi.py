@@ -9,7 +9,7 @@ cannot be seen by request B on the same worker thread.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -22,6 +22,7 @@ from devkit.middleware._common import (
     Answer,
     Exchange,
     Instruments,
+    environ_getter,
     metrics_answer,
     probe_answer,
 )
@@ -32,13 +33,6 @@ Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-
-_HEADER_KEYS = {
-    "traceparent": "HTTP_TRACEPARENT",
-    "tracestate": "HTTP_TRACESTATE",
-    "baggage": "HTTP_BAGGAGE",
-}
-_NO_VALUES: Sequence[str] = ()
 
 
 class WSGIMiddleware:
@@ -76,10 +70,6 @@ class WSGIMiddleware:
         environ: Environ,
         start_response: StartResponse,
     ) -> Iterable[bytes]:
-        def get_header(name: str) -> Sequence[str]:
-            value = environ.get(_HEADER_KEYS[name])
-            return (value,) if value else _NO_VALUES
-
         inbound = environ.get("HTTP_X_CORRELATION_ID") or environ.get("HTTP_X_REQUEST_ID")
         ex = inst.begin(
             environ.get("REQUEST_METHOD", "GET"),
@@ -87,7 +77,7 @@ class WSGIMiddleware:
             path_of(environ),
             environ.get("QUERY_STRING", ""),
             inbound,
-            get_header,
+            environ_getter(inst, environ),
         )
         cid_header = (CORRELATION_HEADER, ex.cid)
 

@@ -283,6 +283,7 @@ def build_tracing(
             ratio=settings.sample_success_ratio,
             resource=lambda: provider.resource,
             on_end=processor.on_end,
+            on_root_end=processor.on_root_end,
         ),
         processor=processor,
         exporter=batch,

@@ -199,6 +199,57 @@ class TailSamplingProcessor(SpanProcessor):
                             to_export = (to_export or []) + pending.spans
         self._export_outside_lock(to_export)
 
+    def on_root_end(self, span: ReadableSpan, error: bool) -> bool:
+        """The request's server span ended (a local root): decide its trace now.
+
+        The common case — no child span of the trace ended before it — takes no buffer
+        entry. ``error`` is the middleware's verdict (5xx or an unhandled exception).
+        Returns whether the trace is kept (exemplars link only to kept traces).
+        """
+        ctx = span.context
+        if ctx is None:
+            return False
+        if self._collector_mode:
+            self._export((span,))
+            return False
+        trace_id = ctx.trace_id
+        to_export: list[ReadableSpan] | None = None
+        with self._lock:
+            decided = self._decided.get(trace_id)
+            if decided is not None:
+                # Another local root of this trace (a call back into this service) decided.
+                keep = decided
+                if keep:
+                    to_export = [span]
+            else:
+                pending = self._pending.pop(trace_id, None)
+                if pending is None:
+                    error = error or span.status.status_code is StatusCode.ERROR
+                    keep = self._decide_root(span, error)
+                    if keep:
+                        to_export = [span]
+                else:
+                    pending.error = (
+                        pending.error or error or span.status.status_code is StatusCode.ERROR
+                    )
+                    if len(pending.spans) < self._limits.max_spans_per_trace:
+                        pending.spans.append(span)
+                    else:
+                        pending.overflowed += 1
+                        self._on_drop("trace_too_large", 1)
+                    keep = self._decide_root(span, pending.error)
+                    if keep:
+                        to_export = pending.spans
+                self._remember_locked(trace_id, keep)
+            if self._pending:
+                expired = self._expire_locked()
+                if expired:
+                    to_export = (to_export or []) + expired
+        if hasattr(span, "kept"):
+            span.kept = keep
+        self._export_outside_lock(to_export)
+        return keep
+
     def shutdown(self) -> None:
         self.force_flush()
 
@@ -225,7 +276,10 @@ class TailSamplingProcessor(SpanProcessor):
         return self._decided.get(trace_id)
 
     def _decide(self, root: ReadableSpan, pending: _Pending) -> bool:
-        if pending.error:
+        return self._decide_root(root, pending.error)
+
+    def _decide_root(self, root: ReadableSpan, error: bool) -> bool:
+        if error:
             decision = "kept_error"
         elif (
             root.end_time is not None

@@ -42,10 +42,54 @@ __all__ = ["ServerSpan", "ServerSpanFactory"]
 
 _TRACE_ID_LIMIT = (1 << 64) - 1
 _UNSET = Status(StatusCode.UNSET)
+_ERROR = Status(StatusCode.ERROR)
+_EMPTY_STATE = TraceState()
+_FLAGS = tuple(TraceFlags(flags) for flags in range(4))
 _SCALARS = (str, bool, int, float)
 _MAX_EVENTS = 128
 _getrandbits = random.getrandbits
 _time_ns = time.time_ns
+
+
+def _checked_context(
+    trace_id: int, span_id: int, flags: TraceFlags, state: TraceState
+) -> SpanContext:
+    return SpanContext(trace_id, span_id, False, flags, state)
+
+
+def _tuple_context(
+    trace_id: int, span_id: int, flags: TraceFlags, state: TraceState
+) -> SpanContext:
+    # SpanContext is a tuple; its constructor only re-validates ids devkit drew itself.
+    return tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state, True))
+
+
+def _pick_span_context() -> Callable[[int, int, TraceFlags, TraceState], SpanContext]:
+    """The tuple shortcut when it builds exactly what the constructor builds, else the latter."""
+    try:
+        probe = _tuple_context(5, 7, _FLAGS[3], _EMPTY_STATE)
+        same = probe == _checked_context(5, 7, _FLAGS[3], _EMPTY_STATE) and (
+            probe.trace_id,
+            probe.span_id,
+            probe.is_remote,
+            probe.trace_flags,
+            probe.trace_state,
+            probe.is_valid,
+        ) == (5, 7, False, 3, _EMPTY_STATE, True)
+    except Exception:
+        same = False
+    return _tuple_context if same else _checked_context
+
+
+_span_context = _pick_span_context()
+
+
+def _ended_unknown(on_end: Callable[[Any], None]) -> Callable[[Any, bool], bool]:
+    def on_root_end(span: Any, error: bool) -> bool:
+        on_end(span)
+        return False
+
+    return on_root_end
 
 
 def _valid_value(value: object) -> bool:
@@ -57,21 +101,29 @@ def _valid_value(value: object) -> bool:
 
 
 class ServerSpan(Span):
-    """A recording span with the fields ``ReadableSpan`` exposes (duck-typed for the sampler)."""
+    """A recording span with the fields ``ReadableSpan`` exposes (duck-typed for the sampler).
+
+    The request's own attributes are kept as two tuples (set at start and at the end of
+    the response) and become a dict only when read, which is at export, for kept traces.
+    """
 
     __slots__ = (
         "name",
         "context",
         "parent",
-        "kind",
-        "attributes",
-        "events",
-        "links",
         "status",
         "start_time",
         "end_time",
         "_factory",
+        "_request",
+        "_response",
+        "_extra",
+        "_events",
+        "_links",
+        "kept",
     )
+
+    kind = SpanKind.SERVER
 
     def __init__(
         self,
@@ -79,21 +131,58 @@ class ServerSpan(Span):
         name: str,
         context: SpanContext,
         parent: SpanContext | None,
-        kind: SpanKind,
-        attributes: dict[str, Any],
+        attributes: dict[str, Any] | None,
         start_time: int,
+        request: tuple[str, str | None, str, str, str] | None = None,
     ) -> None:
         self._factory = factory
         self.name = name
         self.context = context
         self.parent = parent
-        self.kind = kind
-        self.attributes = attributes
-        self.events: list[Event] = []
-        self.links: list[Link] = []
+        self._request = request
+        self._response: tuple[int, str | None, str | None] | None = None
+        self._extra = attributes
+        self._events: list[Event] | None = None
+        self._links: list[Link] | None = None
         self.status = _UNSET
         self.start_time = start_time
         self.end_time: int | None = None
+        #: The tail sampler's decision once the span ended as a local root.
+        self.kept: bool | None = None
+
+    # -- what ReadableSpan exposes ----------------------------------------------------------
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        request = self._request
+        if request is not None:
+            method, original, scheme, path, cid = request
+            out["http.request.method"] = method
+            if original is not None:
+                out["http.request.method_original"] = original
+            out["url.scheme"] = scheme
+            out["url.path"] = path
+            out["correlation.id"] = cid
+        response = self._response
+        if response is not None:
+            status, route, error_type = response
+            out["http.response.status_code"] = status
+            if route is not None:
+                out["http.route"] = route
+            if error_type is not None:
+                out["error.type"] = error_type
+        if self._extra:
+            out.update(self._extra)
+        return out
+
+    @property
+    def events(self) -> Sequence[Event]:
+        return tuple(self._events) if self._events else ()
+
+    @property
+    def links(self) -> Sequence[Link]:
+        return tuple(self._links) if self._links else ()
 
     # -- the Span API -----------------------------------------------------------------------
 
@@ -106,23 +195,30 @@ class ServerSpan(Span):
     def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
         if self.end_time is None:
             for key, value in attributes.items():
-                if isinstance(key, str) and _valid_value(value):
-                    self.attributes[key] = value
+                self.set_attribute(key, value)
 
     def set_attribute(self, key: str, value: AttributeValue) -> None:
         if self.end_time is None and isinstance(key, str) and _valid_value(value):
-            self.attributes[key] = value
+            if self._extra is None:
+                self._extra = {}
+            self._extra[key] = value
 
     def add_event(
         self, name: str, attributes: Attributes = None, timestamp: int | None = None
     ) -> None:
-        if self.end_time is None and len(self.events) < _MAX_EVENTS:
+        if self.end_time is not None:
+            return
+        if self._events is None:
+            self._events = []
+        if len(self._events) < _MAX_EVENTS:
             clean = {k: v for k, v in (attributes or {}).items() if _valid_value(v)}
-            self.events.append(Event(name, clean, timestamp or _time_ns()))
+            self._events.append(Event(name, clean, timestamp or _time_ns()))
 
     def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
         if self.end_time is None and context.is_valid:
-            self.links.append(Link(context, attributes))
+            if self._links is None:
+                self._links = []
+            self._links.append(Link(context, attributes))
 
     def update_name(self, name: str) -> None:
         if self.end_time is None:
@@ -181,7 +277,7 @@ class ServerSpan(Span):
             context=self.context,
             parent=self.parent,
             resource=self._factory.resource,
-            attributes=dict(self.attributes if attributes is None else attributes),
+            attributes=self.attributes if attributes is None else dict(attributes),
             events=list(self.events if events is None else events),
             links=list(self.links),
             kind=self.kind,
@@ -202,11 +298,14 @@ class ServerSpanFactory:
         ratio: float,
         resource: Callable[[], Resource],
         on_end: Callable[[Any], None],
+        on_root_end: Callable[[Any, bool], bool] | None = None,
     ) -> None:
         self._bound = ratio_bound(ratio)
         self._resource = resource
         self.scope = InstrumentationScope("devkit", __version__)
         self.on_end = on_end
+        #: Called with (span, error) when a request's span ends; returns "kept".
+        self.on_root_end = on_root_end or _ended_unknown(on_end)
 
     @property
     def resource(self) -> Resource:
@@ -220,6 +319,56 @@ class ServerSpanFactory:
         attributes: dict[str, Any],
         start_time: int | None = None,
     ) -> ServerSpan:
+        """A server span with arbitrary attributes (frameworks without a request tuple)."""
+        return ServerSpan(
+            self,
+            name,
+            self._context(parent),
+            parent if parent is not None and parent.is_valid else None,
+            attributes,
+            start_time if start_time is not None else _time_ns(),
+        )
+
+    def start_request(
+        self,
+        method_label: str,
+        method: str,
+        scheme: str,
+        path: str,
+        correlation_id: str,
+        parent: SpanContext | None,
+    ) -> ServerSpan:
+        """The request's server span; its attributes stay a tuple until export."""
+        original = method[:64] if method_label == "_OTHER" else None
+        return ServerSpan(
+            self,
+            method_label,
+            self._context(parent),
+            parent if parent is not None and parent.is_valid else None,
+            None,
+            _time_ns(),
+            (method_label, original, scheme, path, correlation_id),
+        )
+
+    def end_request(
+        self,
+        span: ServerSpan,
+        route: str | None,
+        status_code: int,
+        error_type: str | None,
+        end_time: int | None = None,
+    ) -> bool:
+        """Name, annotate and end the request's span; True when its trace is kept."""
+        if span.end_time is not None:
+            return bool(span.kept)
+        span.name = f"{span.name} {route}" if route is not None else f"{span.name} <unmatched>"
+        span._response = (status_code, route, error_type)
+        if error_type is not None and span.status.status_code is not StatusCode.OK:
+            span.status = _ERROR
+        span.end_time = end_time if end_time is not None else _time_ns()
+        return self.on_root_end(span, error_type is not None)
+
+    def _context(self, parent: SpanContext | None) -> SpanContext:
         if parent is not None and parent.is_valid:
             trace_id = parent.trace_id
             flags = parent.trace_flags & TraceFlags.RANDOM_TRACE_ID
@@ -227,21 +376,11 @@ class ServerSpanFactory:
                 parent.is_remote and trace_id & _TRACE_ID_LIMIT < self._bound
             ):
                 flags |= TraceFlags.SAMPLED
-            state: TraceState | None = parent.trace_state
+            state: TraceState = parent.trace_state
         else:
-            parent = None
             trace_id = _getrandbits(128) or 1
             flags = TraceFlags.RANDOM_TRACE_ID
             if trace_id & _TRACE_ID_LIMIT < self._bound:
                 flags |= TraceFlags.SAMPLED
-            state = None
-        context = SpanContext(trace_id, _getrandbits(64) or 1, False, TraceFlags(flags), state)
-        return ServerSpan(
-            self,
-            name,
-            context,
-            parent,
-            SpanKind.SERVER,
-            attributes,
-            start_time if start_time is not None else _time_ns(),
-        )
+            state = _EMPTY_STATE
+        return _span_context(trace_id, _getrandbits(64) or 1, _FLAGS[flags], state)
