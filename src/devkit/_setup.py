@@ -108,6 +108,7 @@ def _build(runtime: Runtime, environ: dict[str, str]) -> None:
     )
     runtime.tracing = tracing
     closers.append(("tracing", tracing.shutdown))
+    metrics.before_scrape.append(tracing.processor.flush_counts)
     undo_propagator = install_propagator(W3CPropagator(), environ)
     closers.append(("tracing", lambda _t: undo_propagator()))
 

@@ -141,6 +141,7 @@ class MetricSamples:
         runtime = _state.current()
         if runtime is None or runtime.metrics is None:
             return None
+        runtime.metrics.prepare_scrape()
         value = runtime.metrics.registry.get_sample_value(name, labels or {})
         return None if value is None else float(value)
 

@@ -400,6 +400,7 @@ def metrics_answer(inst: Instruments, accept: str | None) -> Answer:
     if inst.metrics is None:
         return 404, "text/plain", b"metrics disabled\n"
     try:
+        inst.metrics.prepare_scrape()
         registry = scrape_registry(inst.metrics.registry, inst.metrics.exemplars)
         body, content_type = exposition(registry, accept)
     except Exception as exc:

@@ -211,7 +211,9 @@ def build_exporter(settings: Settings, environ: Mapping[str, str]) -> SpanExport
                 "otlp",
                 "otlp with the exporter installed: pip install 'devkit-observability[otlp]'",
             ) from None
-        return OTLPSpanExporter()
+        from devkit.tracing.otlp import FastOTLPExporter
+
+        return FastOTLPExporter(OTLPSpanExporter())
     if protocol == "grpc":
         try:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]

@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 _TRACE_ID_LIMIT = (1 << 64) - 1
+# Decisions counted per flush to the metric (a scrape and a flush count the rest).
+_COUNT_BATCH = 64
 
 
 def ratio_bound(ratio: float) -> int:
@@ -148,11 +150,37 @@ class TailSamplingProcessor(SpanProcessor):
         self._lock = threading.Lock()
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._decided: OrderedDict[int, bool] = OrderedDict()
+        # Traces whose request span is open and has children: their decision is remembered
+        # for children that end late. A request without children leaves no trace here.
+        self._watched: OrderedDict[int, None] = OrderedDict()
+        # Decisions are counted here under the lock and handed to ``on_decision`` in bulk.
+        self._decisions: dict[str, int] = {}
+        self._uncounted = 0
 
     # -- SpanProcessor contract -------------------------------------------------------------
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        return None
+        """A span started under a local parent: make sure its trace's decision will be known.
+
+        A child of a request span that is still open marks the trace *watched*, so the
+        decision taken when the request ends is remembered for the child. A child started
+        after its request span ended takes the decision stored on that span.
+        """
+        parent = span.parent
+        if parent is None or parent.is_remote or self._collector_mode:
+            return
+        trace_id = parent.trace_id
+        if trace_id in self._decided or trace_id in self._watched:
+            return
+        parent_span = get_current_span(parent_context)
+        kept = getattr(parent_span, "kept", None)
+        with self._lock:
+            if kept is not None:
+                self._remember_locked(trace_id, kept)
+            elif getattr(parent_span, "end_time", 0) is None:
+                self._watched[trace_id] = None
+                if len(self._watched) > self._limits.max_traces:
+                    self._watched.popitem(last=False)
 
     def on_end(self, span: ReadableSpan) -> None:
         ctx = span.context
@@ -195,6 +223,8 @@ class TailSamplingProcessor(SpanProcessor):
                         self._pending.pop(trace_id, None)
                         keep = self._decide(span, pending)
                         self._remember_locked(trace_id, keep)
+                        self._watched.pop(trace_id, None)
+                        self._flush_counts_locked()
                         if keep:
                             to_export = (to_export or []) + pending.spans
         self._export_outside_lock(to_export)
@@ -240,13 +270,16 @@ class TailSamplingProcessor(SpanProcessor):
                     keep = self._decide_root(span, pending.error)
                     if keep:
                         to_export = pending.spans
-                self._remember_locked(trace_id, keep)
+                if self._watched and self._watched.pop(trace_id, False) is None:
+                    self._remember_locked(trace_id, keep)
+            if hasattr(span, "kept"):
+                span.kept = keep  # for children started after the span ended
+            if self._uncounted >= _COUNT_BATCH:
+                self._flush_counts_locked()
             if self._pending:
                 expired = self._expire_locked()
                 if expired:
                     to_export = (to_export or []) + expired
-        if hasattr(span, "kept"):
-            span.kept = keep
         self._export_outside_lock(to_export)
         return keep
 
@@ -256,6 +289,7 @@ class TailSamplingProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Decide every pending trace now (keep errors and sampled ones) and export them."""
         with self._lock:
+            self._flush_counts_locked()
             pending = list(self._pending.items())
             self._pending.clear()
             to_export: list[ReadableSpan] = []
@@ -291,8 +325,19 @@ class TailSamplingProcessor(SpanProcessor):
             decision = "kept_sampled"
         else:
             decision = "dropped"
-        self._on_decision(decision, 1)
+        self._decisions[decision] = self._decisions.get(decision, 0) + 1
+        self._uncounted += 1
         return decision != "dropped"
+
+    def flush_counts(self) -> None:
+        """Hand the decisions counted since the last call to ``on_decision`` (a scrape does)."""
+        with self._lock:
+            self._flush_counts_locked()
+
+    def _flush_counts_locked(self) -> None:
+        decisions, self._decisions, self._uncounted = self._decisions, {}, 0
+        for decision, n in decisions.items():
+            self._on_decision(decision, n)
 
     def _remember_locked(self, trace_id: int, keep: bool) -> None:
         self._decided[trace_id] = keep
