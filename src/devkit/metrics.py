@@ -19,6 +19,7 @@ import glob
 import os
 import threading
 import time
+from bisect import bisect_left as _bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -210,9 +211,9 @@ class RedMetrics:
         #: Run before every scrape: parts of devkit that count in bulk hand their counts over.
         self.before_scrape: list[Callable[[], None]] = []
         self._exemplars = exemplars if exemplars is not None else ExemplarStore(multiprocess_dir())
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._children: dict[tuple[str, str, int], tuple[Any, ...]] = {}
         self._error_children: dict[tuple[str, str, int], Any] = {}
-        self._in_progress_children: dict[str, Any] = {}
+        self._in_progress_children: dict[str, Callable[[float], None]] = {}
         # Reasons and decisions are a small fixed set of devkit's own strings.
         self._drop_children: dict[str, Any] = {}
         self._decision_children: dict[str, Any] = {}
@@ -241,12 +242,12 @@ class RedMetrics:
 
                 _errors.report("metrics", "before_scrape_failed", exc)
 
-    def in_progress_child(self, method: str) -> Any:
-        child = self._in_progress_children.get(method)
-        if child is None:
-            child = self.in_progress.labels(method)
-            self._in_progress_children[method] = child
-        return child
+    def in_progress_child(self, method: str) -> Callable[[float], None]:
+        """``add(n)`` for the in-progress gauge of ``method`` (+1 at start, -1 at the end)."""
+        add = self._in_progress_children.get(method)
+        if add is None:
+            add = self._in_progress_children[method] = _adder(self.in_progress.labels(method))
+        return add
 
     def observe(
         self,
@@ -262,20 +263,21 @@ class RedMetrics:
         children = self._children.get(key)
         if children is None:
             status = str(status_code)
-            children = (
-                self.requests.labels(method, route, status),
-                self.duration.labels(method, route, status),
-            )
+            requests = self.requests.labels(method, route, status)
+            duration = self.duration.labels(method, route, status)
+            children = (requests, duration, _adder(requests), *_histogram_adders(duration))
             if len(self._children) < _MAX_CACHED_CHILDREN:
                 self._children[key] = children
-        requests, duration = children
         if trace_id is None:
-            requests.inc()
-            duration.observe(duration_s)
+            # The children's value objects directly: what inc()/observe() do after checks
+            # that cannot fail for devkit's own label children.
+            children[2](1.0)
+            children[3](duration_s)
+            children[4][_bisect_left(children[5], duration_s)](1.0)
         else:
             exemplar = {"trace_id": trace_id}
-            requests.inc(1, exemplar)
-            duration.observe(duration_s, exemplar)
+            children[0].inc(1, exemplar)
+            children[1].observe(duration_s, exemplar)
             if self.multiprocess:
                 self._record_multiprocess_exemplars(
                     method, route, status_code, duration_s, trace_id
@@ -326,6 +328,30 @@ class RedMetrics:
                 self.registry.unregister(collector)
             except KeyError:
                 pass
+
+
+def _adder(child: Any) -> Callable[[float], None]:
+    """``child``'s value ``inc`` (a counter's or a gauge's), or its public ``inc``."""
+    value = getattr(child, "_value", None)
+    inc = getattr(value, "inc", None)
+    return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
+
+
+def _histogram_adders(
+    child: Any,
+) -> tuple[Callable[[float], None], list[Callable[[float], None]], list[float]]:
+    """(sum inc, bucket incs, upper bounds) of a histogram child, or an equivalent via
+    ``observe`` when prometheus-client keeps them elsewhere."""
+    try:
+        sum_inc = child._sum.inc
+        bucket_incs = [bucket.inc for bucket in child._buckets]
+        bounds = [float(bound) for bound in child._upper_bounds]
+        if len(bucket_incs) == len(bounds) and callable(sum_inc):
+            return sum_inc, bucket_incs, bounds
+    except AttributeError:
+        pass
+    # Observe the whole value once, through the public API; the rest are no-ops.
+    return child.observe, [lambda n: None], []
 
 
 def _float_to_go(value: float) -> str:

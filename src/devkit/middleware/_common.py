@@ -242,9 +242,9 @@ class Instruments:
             ex.token = self._context_set(parent) if parent is not None else None
         ex.cid_token = _context.correlation_id.set(cid)
         if self.metrics is not None:
-            child = self.metrics.in_progress_child(method_label)
-            child.inc()
-            ex.in_progress = child
+            add = self.metrics.in_progress_child(method_label)
+            add(1.0)
+            ex.in_progress = add
         else:
             ex.in_progress = None
         return ex
@@ -308,7 +308,7 @@ class Instruments:
         if self.metrics is not None:
             self.metrics.observe(ex.method_label, route, status, duration, error, trace_id)
             if ex.in_progress is not None:
-                ex.in_progress.dec()
+                ex.in_progress(-1.0)
 
         logs = self.logs
         if logs is not None:
