@@ -129,12 +129,14 @@ class ASGIMiddleware:
         cid_header = (_CID_HEADER, ex.cid.encode("ascii"))
         status = 0
 
-        async def send_wrapper(message: Message) -> None:
+        def send_wrapper(message: Message) -> Awaitable[None]:
+            # A plain function returning the server's awaitable: no extra coroutine per
+            # message (the app awaits what it gets back, which is the same thing).
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), cid_header]
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)

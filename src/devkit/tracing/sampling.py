@@ -272,15 +272,15 @@ class TailSamplingProcessor(SpanProcessor):
                         to_export = pending.spans
                 if self._watched and self._watched.pop(trace_id, False) is None:
                     self._remember_locked(trace_id, keep)
-            if hasattr(span, "kept"):
-                span.kept = keep  # for children started after the span ended
+            span.kept = keep  # type: ignore[attr-defined]  # for children started later
             if self._uncounted >= _COUNT_BATCH:
                 self._flush_counts_locked()
             if self._pending:
                 expired = self._expire_locked()
                 if expired:
                     to_export = (to_export or []) + expired
-        self._export_outside_lock(to_export)
+        if to_export:
+            self._export(to_export)
         return keep
 
     def shutdown(self) -> None:
