@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from devkit import _state
 from devkit.middleware._common import (
@@ -101,6 +101,9 @@ class WSGIMiddleware:
         return _ClosingBody(body, ctx, inst, ex, environ)
 
 
+_END = object()
+
+
 def route_of(environ: Environ) -> str | None:
     """The route template the framework stored (Flask's integration does), if any."""
     route = environ.get(ROUTE_KEY)
@@ -141,27 +144,33 @@ class _ClosingBody:
         if self._iter is None:
             self._iter = iter(self._body)
         try:
-            return self._ctx.run(next, self._iter)
-        except StopIteration:
-            raise
+            # The default keeps StopIteration from unwinding through Context.run.
+            chunk = self._ctx.run(next, self._iter, _END)
         except BaseException as exc:
             self._error = exc
             raise
+        if chunk is _END:
+            raise StopIteration
+        return cast(bytes, chunk)
 
     def close(self) -> None:
         if self._done:
             return
         self._done = True
+        self._ctx.run(self._close)
+
+    def _close(self) -> None:
+        """In the request's context: the body's ``close``, then ``finish``."""
         try:
             close = getattr(self._body, "close", None)
             if close is not None:
-                self._ctx.run(close)
+                close()
         finally:
-            self._ctx.run(
-                self._inst.finish,
-                self._ex,
+            ex = self._ex
+            self._inst.finish(
+                ex,
                 route_of(self._environ),
-                self._ex.status,
+                ex.status,
                 self._error or self._environ.get(EXCEPTION_KEY),
             )
 
