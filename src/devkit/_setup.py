@@ -178,8 +178,6 @@ def _drain(runtime: Runtime, deadline: float) -> int:
 
 
 def _flush_runtime(runtime: Runtime, timeout_s: float) -> bool:
-    if runtime.logs is not None:
-        runtime.logs.flush_pending()
     if runtime.tracing is None:
         return True
     try:

@@ -12,7 +12,6 @@ builds the same event dict and calls the same pipeline, so the process speaks on
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import sys
@@ -72,9 +71,6 @@ _JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 #: The logger name of the middleware's ``request completed`` records.
 ACCESS_LOGGER = "devkit.access"
 _MAX_CACHED_ROUTES = 4096
-# Lines held for the end of a loop iteration before they are written at once anyway.
-_MAX_PENDING_LINES = 256
-_get_ident = threading.get_ident
 # The access record: timestamp second, milliseconds, head (level ... method), route JSON,
 # path JSON, status, duration in ms, [trace id, span id,] correlation id.
 _ACCESS_TRACED = (
@@ -151,11 +147,6 @@ class LogPipeline:
         self._access_heads: dict[tuple[str, str], bytes] = {}
         self._route_json: dict[str, bytes] = {}
         self._second: tuple[int, bytes] = (-1, b"")
-        # Lines written on an event loop, waiting for the end of its iteration (``write``).
-        self._pending: list[bytes] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: int | None = None
-        self._flush_scheduled_on: asyncio.AbstractEventLoop | None = None
 
     # -- processing -------------------------------------------------------------------
 
@@ -208,86 +199,23 @@ class LogPipeline:
             return orjson.dumps(_sanitize(record), default=str, option=_JSON_OPTIONS)
 
     def write(self, line: bytes) -> None:
-        """Write one whole line; never raises (a broken stream is counted).
-
-        On a thread running an asyncio event loop, lines go out once per loop iteration:
-        every record written during one iteration in one ``write`` system call, at the
-        end of that iteration (``call_soon``), instead of a system call per record. Any
-        write from another thread, and :meth:`flush_pending`, first write what is
-        pending, so the stream keeps the order in which records were written.
-        """
-        if _TAPS:
-            for tap in _TAPS:
-                tap(line)
+        """One whole line per call: a buffered binary stream keeps concurrent lines whole
+        by itself (its own lock); a text stream is written under the pipeline's lock."""
         binary = self._binary
         try:
-            if binary is None:
+            if binary is not None:
+                binary.write(line)
+                binary.flush()
+            else:
                 assert self._text is not None
                 with self._lock:
                     self._text.write(line.decode("utf-8"))
                     self._text.flush()
-            elif self._loop_thread == _get_ident() and self._defer(line):
-                pass
-            else:
-                with self._lock:
-                    if self._pending:
-                        self._write_pending_locked(binary)
-                    binary.write(line)
-                    binary.flush()
         except (OSError, ValueError) as exc:  # closed or broken stream
             _errors.report("logs", "write_failed", exc)
-
-    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Hold lines written on ``loop``'s thread until the end of each loop iteration.
-
-        Called from that thread by the ASGI middleware when the server's loop starts.
-        """
-        with self._lock:
-            self._loop = loop
-            self._loop_thread = threading.get_ident()
-
-    def _defer(self, line: bytes) -> bool:
-        """Queue ``line`` for the end of the loop iteration; False if the loop is gone."""
-        assert self._binary is not None
-        with self._lock:
-            loop = self._loop
-            if loop is None or loop.is_closed():
-                self._loop = self._loop_thread = None
-                if self._pending:
-                    self._write_pending_locked(self._binary)
-                return False
-            pending = self._pending
-            pending.append(line)
-            if len(pending) >= _MAX_PENDING_LINES:
-                self._write_pending_locked(self._binary)
-                return True
-            if self._flush_scheduled_on is loop:
-                return True
-            self._flush_scheduled_on = loop
-        loop.call_soon(self._flush_scheduled)
-        return True
-
-    def _flush_scheduled(self) -> None:
-        try:
-            self.flush_pending()
-        except (OSError, ValueError) as exc:
-            _errors.report("logs", "write_failed", exc)
-
-    def flush_pending(self) -> None:
-        """Write the lines held for the end of the current loop iteration now."""
-        binary = self._binary
-        if binary is None:
-            return
-        with self._lock:
-            self._flush_scheduled_on = None
-            if self._pending:
-                self._write_pending_locked(binary)
-
-    def _write_pending_locked(self, binary: IO[bytes]) -> None:
-        lines = b"".join(self._pending)
-        self._pending.clear()
-        binary.write(lines)
-        binary.flush()
+        if _TAPS:
+            for tap in _TAPS:
+                tap(line)
 
     # -- the access record ------------------------------------------------------------
 
@@ -538,10 +466,6 @@ class Installation:
         logging.captureWarnings(True)
 
     def undo(self) -> None:
-        try:
-            self.pipeline.flush_pending()
-        except (OSError, ValueError) as exc:
-            _errors.report("logs", "write_failed", exc)
         logging.captureWarnings(False)
         warnings.showwarning = self._showwarning
         root = logging.getLogger()

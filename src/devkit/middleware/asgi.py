@@ -187,8 +187,6 @@ class ASGIMiddleware:
         from devkit import _loop
 
         _loop.attach(loop, inst)
-        if inst.logs is not None:
-            inst.logs.bind_loop(loop)
 
 
 def _current_instruments() -> Instruments | None:
