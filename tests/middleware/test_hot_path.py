@@ -286,3 +286,25 @@ def test_env_propagators_read_their_own_headers_wsgi(
     flask_app.test_client().get("/ok", headers={"X-Custom-Trace": "def456"})
     (record,) = devkit_logs.find(message="request completed")
     assert record["trace_id"] == "%032x" % 0xDEF456
+
+
+def test_scope_without_headers_is_served(devkit_logs: CapturedLogs) -> None:
+    devkit.init()
+    sent: list[dict[str, Any]] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    scope = {"type": "http", "method": "GET", "path": "/raw", "query_string": b""}
+    asyncio.run(devkit.asgi(inner)(scope, receive, send))
+    assert sent[0]["status"] == 204
+    assert (b"x-correlation-id", sent[0]["headers"][0][1]) == sent[0]["headers"][0]
+    (record,) = devkit_logs.find(message="request completed")
+    assert record["status_code"] == 204 and record["route"] == "<unmatched>"

@@ -100,7 +100,7 @@ class ASGIMiddleware:
 
         wanted = inst.asgi_headers
         headers: dict[bytes, list[str]] | None = None
-        for name, value in scope["headers"]:
+        for name, value in scope.get("headers", ()):
             if name in wanted:
                 if headers is None:
                     headers = {}
