@@ -83,10 +83,6 @@ _ACCESS_UNTRACED = (
 )
 
 
-class _Generic(Exception):
-    """The access record takes the generic path (console format)."""
-
-
 # Renders of the captured records go to every tap as well (devkit.testing).
 _TAPS: list[Callable[[bytes], None]] = []
 # Set while a record is being processed: a record logged *by* the pipeline (a library
@@ -110,15 +106,23 @@ class _Clock:
     __slots__ = ("_cache",)
 
     def __init__(self) -> None:
-        self._cache: tuple[int, str] = (-1, "")
+        self._cache: tuple[int, str, bytes] = (-1, "", b"")
+
+    def _second(self, sec: int) -> tuple[int, str, bytes]:
+        cache = self._cache
+        if sec != cache[0]:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+            cache = self._cache = (sec, prefix, prefix.encode())
+        return cache
 
     def format(self, t: float) -> str:
         sec = int(t)
-        cached_sec, prefix = self._cache
-        if sec != cached_sec:
-            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-            self._cache = (sec, prefix)
-        return f"{prefix}.{int((t - sec) * 1000):03d}Z"
+        return f"{self._second(sec)[1]}.{int((t - sec) * 1000):03d}Z"
+
+    def parts(self, t: float) -> tuple[bytes, int]:
+        """(``YYYY-MM-DDTHH:MM:SS`` as bytes, milliseconds) for a bytes template."""
+        sec = int(t)
+        return self._second(sec)[2], int((t - sec) * 1000)
 
 
 class LogPipeline:
@@ -146,7 +150,6 @@ class LogPipeline:
         self._service_json = orjson.dumps(self.service)
         self._access_heads: dict[tuple[str, str], bytes] = {}
         self._route_json: dict[str, bytes] = {}
-        self._second: tuple[int, bytes] = (-1, b"")
 
     # -- processing -------------------------------------------------------------------
 
@@ -229,6 +232,7 @@ class LogPipeline:
         duration_s: float,
         ids: SpanContext | None,
         correlation_id: str,
+        exc: BaseException | None = None,
     ) -> None:
         """Write the ``request completed`` record of one request; never raises.
 
@@ -237,11 +241,12 @@ class LogPipeline:
         the JSON of each route template), so the record costs one format operation.
         ``method`` is a method label and ``correlation_id`` a validated one: both are
         JSON-safe as they are. ``path`` must already be redacted. The console format and
-        records with an exception take :meth:`emit`.
+        a record with an exception take :meth:`emit`.
         """
+        if self._console or exc is not None:
+            self._access_generic(level, method, route, path, status_code, duration_s, exc)
+            return
         try:
-            if self._console:
-                raise _Generic
             head = self._access_heads.get((level, method))
             if head is None:
                 head = self._access_head(level, method)
@@ -250,52 +255,53 @@ class LogPipeline:
                 route_json = orjson.dumps(route)
                 if len(self._route_json) < _MAX_CACHED_ROUTES:
                     self._route_json[route] = route_json
-            now = time.time()
-            second = int(now)
-            cached, prefix = self._second
-            if second != cached:
-                prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
-                self._second = (second, prefix)
+            second, ms = self._clock.parts(time.time())
+            fields = (
+                second,
+                ms,
+                head,
+                route_json,
+                orjson.dumps(path),
+                status_code,
+                duration_s * 1000.0,
+            )
             if ids is not None and ids.is_valid:
                 line = _ACCESS_TRACED % (
-                    prefix,
-                    int((now - second) * 1000),
-                    head,
-                    route_json,
-                    orjson.dumps(path),
-                    status_code,
-                    duration_s * 1000.0,
+                    *fields,
                     ids.trace_id,
                     ids.span_id,
                     correlation_id.encode(),
                 )
             else:
-                line = _ACCESS_UNTRACED % (
-                    prefix,
-                    int((now - second) * 1000),
-                    head,
-                    route_json,
-                    orjson.dumps(path),
-                    status_code,
-                    duration_s * 1000.0,
-                    correlation_id.encode(),
-                )
-        except Exception:  # the console format, or a path orjson refuses (lone surrogates)
-            self.emit(
-                level,
-                {
-                    "event": "request completed",
-                    "logger": ACCESS_LOGGER,
-                    "method": method,
-                    "route": route,
-                    "path": path,
-                    "status_code": status_code,
-                    "duration_ms": round(duration_s * 1000.0, 3),
-                },
-                redact=False,
-            )
+                line = _ACCESS_UNTRACED % (*fields, correlation_id.encode())
+        except Exception:  # a path orjson refuses (lone surrogates): the generic path copes
+            self._access_generic(level, method, route, path, status_code, duration_s, None)
             return
         self.write(line)
+
+    def _access_generic(
+        self,
+        level: str,
+        method: str,
+        route: str,
+        path: str,
+        status_code: int,
+        duration_s: float,
+        exc: BaseException | None,
+    ) -> None:
+        event: dict[str, Any] = {
+            "event": "request completed",
+            "logger": ACCESS_LOGGER,
+            "method": method,
+            "route": route,
+            "path": path,
+            "status_code": status_code,
+            "duration_ms": round(duration_s * 1000.0, 3),
+        }
+        if exc is not None:
+            event["exc_info"] = exc
+        # Every field is devkit's own or redacted by the caller; an exception still is.
+        self.emit(level, event, redact=False)
 
     def _access_head(self, level: str, method: str) -> bytes:
         head = (

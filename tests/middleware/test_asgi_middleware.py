@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import httpx
-import pytest
 import structlog
+from asgi_client import call
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 from starlette.applications import Starlette
@@ -18,16 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 import devkit
-from devkit import _setup
 from devkit.testing import CapturedLogs
-
-
-@pytest.fixture
-def spans() -> Any:
-    exporter = InMemorySpanExporter()
-    _setup.components["span_exporter"] = exporter
-    yield exporter
-    _setup.components.clear()
 
 
 def count(name: str, **labels: str) -> float:
@@ -64,17 +53,6 @@ def make_app(**kwargs: Any) -> Starlette:
         ],
         **kwargs,
     )
-
-
-def call(app: Any, *paths: str, **kw: Any) -> list[httpx.Response]:
-    """Each request in its own task, as ASGI servers run them."""
-
-    async def run() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return [await asyncio.create_task(client.get(p, **kw)) for p in paths]
-
-    return asyncio.run(run())
 
 
 def test_auto_enabled_app_is_counted_once_even_when_wrapped_explicitly(

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from asgi_client import call
 from flask import Flask
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -29,28 +30,10 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 import devkit
-from devkit import _setup, _state
+from devkit import _state
 from devkit.testing import CapturedLogs, MetricSamples
 
-
-def call(application: Any, *paths: str, **kw: Any) -> list[httpx.Response]:
-    async def run() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return [await asyncio.create_task(client.get(p, **kw)) for p in paths]
-
-    return asyncio.run(run())
-
-
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-@pytest.fixture
-def spans() -> Any:
-    exporter = InMemorySpanExporter()
-    _setup.components["span_exporter"] = exporter
-    yield exporter
-    _setup.components.clear()
 
 
 def _flush() -> None:

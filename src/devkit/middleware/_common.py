@@ -22,7 +22,7 @@ from opentelemetry.trace import SpanContext
 from devkit import _context, _errors
 from devkit.config import Settings
 from devkit.health import HealthRegistry
-from devkit.logs import ACCESS_LOGGER, LogPipeline
+from devkit.logs import LogPipeline
 from devkit.metrics import STANDARD_METHODS, UNMATCHED, RedMetrics
 from devkit.redaction import Redactor
 from devkit.tracing.propagation import extract
@@ -159,7 +159,6 @@ class Instruments:
         self.metrics = metrics
         self.tracing = tracing
         self.server_spans = tracing.server_spans if tracing is not None else None
-        self.processor = tracing.processor if tracing is not None else None
         self.exemplars = tracing is not None and tracing.exports
         self.logs = logs
         self.health = health
@@ -325,25 +324,19 @@ class Instruments:
                 path = f"{path}?{redact_query(ex.query)}"
             if self.redactor is not None:
                 path = self.redactor.redact_str(path)
-            if exc is not None and error:
-                logs.emit(
-                    level,
-                    {
-                        "event": "request completed",
-                        "logger": ACCESS_LOGGER,
-                        "method": ex.method_label,
-                        "route": route,
-                        "path": path,
-                        "status_code": status,
-                        "duration_ms": round(duration * 1000.0, 3),
-                        "exc_info": exc,
-                    },
-                    redact=False,
-                )
-            else:
-                # Every field is devkit's own (a method label, a route template, numbers)
-                # or redacted above (the path).
-                logs.access(level, ex.method_label, route, path, status, duration, ex.ids, ex.cid)
+            # Every field is devkit's own (a method label, a route template, numbers) or
+            # redacted above (the path).
+            logs.access(
+                level,
+                ex.method_label,
+                route,
+                path,
+                status,
+                duration,
+                ex.ids,
+                ex.cid,
+                exc if error else None,
+            )
 
     def _extract(self, get_header: Callable[[str], Sequence[str]]) -> Context:
         if self._propagators_from_env:

@@ -214,14 +214,10 @@ class TailSamplingProcessor(SpanProcessor):
                 if pending is not None:
                     if not pending.error and _is_error(span):
                         pending.error = True
-                    if len(pending.spans) < self._limits.max_spans_per_trace:
-                        pending.spans.append(span)
-                    else:
-                        pending.overflowed += 1
-                        self._on_drop("trace_too_large", 1)
+                    self._buffer_locked(pending, span)
                     if is_local_root:
                         self._pending.pop(trace_id, None)
-                        keep = self._decide(span, pending)
+                        keep = self._decide_root(span, pending.error)
                         self._remember_locked(trace_id, keep)
                         self._watched.pop(trace_id, None)
                         self._flush_counts_locked()
@@ -262,11 +258,7 @@ class TailSamplingProcessor(SpanProcessor):
                     pending.error = (
                         pending.error or error or span.status.status_code is StatusCode.ERROR
                     )
-                    if len(pending.spans) < self._limits.max_spans_per_trace:
-                        pending.spans.append(span)
-                    else:
-                        pending.overflowed += 1
-                        self._on_drop("trace_too_large", 1)
+                    self._buffer_locked(pending, span)
                     keep = self._decide_root(span, pending.error)
                     if keep:
                         to_export = pending.spans
@@ -282,6 +274,13 @@ class TailSamplingProcessor(SpanProcessor):
         if to_export:
             self._export(to_export)
         return keep
+
+    def _buffer_locked(self, pending: _Pending, span: ReadableSpan) -> None:
+        if len(pending.spans) < self._limits.max_spans_per_trace:
+            pending.spans.append(span)
+        else:
+            pending.overflowed += 1
+            self._on_drop("trace_too_large", 1)
 
     def shutdown(self) -> None:
         self.force_flush()
@@ -308,9 +307,6 @@ class TailSamplingProcessor(SpanProcessor):
     def kept(self, trace_id: int) -> bool | None:
         """The decision for ``trace_id``: True kept, False dropped, None not decided yet."""
         return self._decided.get(trace_id)
-
-    def _decide(self, root: ReadableSpan, pending: _Pending) -> bool:
-        return self._decide_root(root, pending.error)
 
     def _decide_root(self, root: ReadableSpan, error: bool) -> bool:
         if error:
