@@ -266,6 +266,17 @@ def test_server_loggers_are_routed_and_restored(devkit_logs: CapturedLogs) -> No
         uv.propagate = True
 
 
+def test_server_access_loggers_report_no_handlers() -> None:
+    """uvicorn builds its access line only when ``uvicorn.access`` has handlers: with
+    devkit's own access record in place, it must see none (and skip the work)."""
+    devkit.init()
+    for name in ("uvicorn.access", "gunicorn.access"):
+        assert not logging.getLogger(name).hasHandlers(), name
+    assert logging.getLogger("uvicorn.error").hasHandlers()
+    devkit.shutdown()
+    assert logging.getLogger("uvicorn.access").propagate is True
+
+
 def test_pipeline_writes_to_injected_binary_and_text_streams() -> None:
     settings = Settings.from_env({}, service_name="s")
     for stream in (io.BytesIO(), io.StringIO()):

@@ -438,7 +438,9 @@ _SERVER_LOGGERS = (
     "gunicorn.access",
 )
 # Servers' own access logs duplicate devkit's ``request completed`` record (and would log
-# probes and scrapes): silenced while devkit is installed.
+# probes and scrapes): silenced while devkit is installed. They also stop propagating, so
+# ``hasHandlers()`` is False: uvicorn reads it to skip building the access line (client
+# address, quoted path) on every response.
 _ACCESS_LOGGERS = ("uvicorn.access", "gunicorn.access")
 # Extras servers add for their own formatters; noise in JSON.
 _DROPPED_EXTRAS = frozenset({"color_message"})
@@ -466,9 +468,10 @@ class Installation:
         root.setLevel(self.pipeline.level_number)
         for name in _SERVER_LOGGERS:
             lg = logging.getLogger(name)
+            silenced = name in _ACCESS_LOGGERS
             lg.handlers = []
-            lg.propagate = True
-            lg.disabled = name in _ACCESS_LOGGERS
+            lg.propagate = not silenced
+            lg.disabled = silenced
         logging.captureWarnings(True)
 
     def undo(self) -> None:
