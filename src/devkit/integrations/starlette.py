@@ -16,6 +16,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from devkit.middleware._common import ACTIVE_KEY
 from devkit.middleware.asgi import ASGIMiddleware
 
 __all__ = ["enable"]
@@ -29,6 +30,10 @@ def _patch(cls: type, key: str) -> Callable[[], None]:
         return lambda: None
 
     async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if ACTIVE_KEY in scope:
+            # An outer devkit layer (an explicit ``devkit.asgi(app)``) instruments it.
+            await original(self, scope, receive, send)
+            return
         middleware = self.__dict__.get(key)
         if middleware is None:
             middleware = ASGIMiddleware(partial(original, self))
