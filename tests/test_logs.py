@@ -269,12 +269,13 @@ def test_server_loggers_are_routed_and_restored(devkit_logs: CapturedLogs) -> No
 def test_server_access_loggers_report_no_handlers() -> None:
     """uvicorn builds its access line only when ``uvicorn.access`` has handlers: with
     devkit's own access record in place, it must see none (and skip the work)."""
+    before = logging.getLogger("uvicorn.access").propagate
     devkit.init()
     for name in ("uvicorn.access", "gunicorn.access"):
         assert not logging.getLogger(name).hasHandlers(), name
     assert logging.getLogger("uvicorn.error").hasHandlers()
     devkit.shutdown()
-    assert logging.getLogger("uvicorn.access").propagate is True
+    assert logging.getLogger("uvicorn.access").propagate is before
 
 
 def test_pipeline_writes_to_injected_binary_and_text_streams() -> None:
