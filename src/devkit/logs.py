@@ -119,11 +119,6 @@ class _Clock:
         sec = int(t)
         return f"{self._second(sec)[1]}.{int((t - sec) * 1000):03d}Z"
 
-    def parts(self, t: float) -> tuple[bytes, int]:
-        """(``YYYY-MM-DDTHH:MM:SS`` as bytes, milliseconds) for a bytes template."""
-        sec = int(t)
-        return self._second(sec)[2], int((t - sec) * 1000)
-
 
 class LogPipeline:
     """Turns event dicts into redacted, rendered lines and writes them to one stream."""
@@ -255,10 +250,14 @@ class LogPipeline:
                 route_json = orjson.dumps(route)
                 if len(self._route_json) < _MAX_CACHED_ROUTES:
                     self._route_json[route] = route_json
-            second, ms = self._clock.parts(time.time())
+            now = time.time()
+            sec = int(now)
+            cached = self._clock._cache  # the clock's parts(), inlined: once per request
+            if cached[0] != sec:
+                cached = self._clock._second(sec)
             fields = (
-                second,
-                ms,
+                cached[2],
+                int((now - sec) * 1000),
                 head,
                 route_json,
                 orjson.dumps(path),

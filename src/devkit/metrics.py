@@ -30,6 +30,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar, Sample
+from prometheus_client.values import MutexValue as _MutexValue
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -211,9 +212,11 @@ class RedMetrics:
         #: Run before every scrape: parts of devkit that count in bulk hand their counts over.
         self.before_scrape: list[Callable[[], None]] = []
         self._exemplars = exemplars if exemplars is not None else ExemplarStore(multiprocess_dir())
-        self._children: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self._error_children: dict[tuple[str, str, int], Any] = {}
-        self._in_progress_children: dict[str, Callable[[float], None]] = {}
+        self._in_progress_children: dict[str, Any] = {}
+        #: Held by every write of the request metrics' values (see ``_plain_value``).
+        self._lock = threading.Lock()
         # Reasons and decisions are a small fixed set of devkit's own strings.
         self._drop_children: dict[str, Any] = {}
         self._decision_children: dict[str, Any] = {}
@@ -242,12 +245,18 @@ class RedMetrics:
 
                 _errors.report("metrics", "before_scrape_failed", exc)
 
-    def in_progress_child(self, method: str) -> Callable[[float], None]:
-        """``add(n)`` for the in-progress gauge of ``method`` (+1 at start, -1 at the end)."""
-        add = self._in_progress_children.get(method)
-        if add is None:
-            add = self._in_progress_children[method] = _adder(self.in_progress.labels(method))
-        return add
+    def request_started(self, method: str) -> Any:
+        """+1 on the in-progress gauge of ``method``; pass the result to :meth:`observe`."""
+        child = self._in_progress_children.get(method)
+        if child is None:
+            gauge = self.in_progress.labels(method)
+            child = self._in_progress_children[method] = _plain_value(gauge) or gauge
+        if type(child) is _MutexValue:
+            with self._lock:
+                child._value += 1.0
+        else:
+            child.inc()
+        return child
 
     def observe(
         self,
@@ -257,28 +266,48 @@ class RedMetrics:
         duration_s: float,
         error: bool,
         trace_id: str | None,
+        started: Any = None,
     ) -> None:
-        """Record one finished request; ``trace_id`` only when the trace was kept."""
+        """Record one finished request; ``trace_id`` only when the trace was kept.
+
+        ``started`` is what :meth:`request_started` returned (the gauge goes back down).
+        """
         key = (method, route, status_code)
         children = self._children.get(key)
         if children is None:
-            status = str(status_code)
-            requests = self.requests.labels(method, route, status)
-            duration = self.duration.labels(method, route, status)
-            children = (requests, duration, _adder(requests), *_histogram_adders(duration))
+            children = self._new_children(method, route, str(status_code))
             if len(self._children) < _MAX_CACHED_CHILDREN:
                 self._children[key] = children
-        if trace_id is None:
-            # The children's value objects directly: what inc()/observe() do after checks
-            # that cannot fail for devkit's own label children.
-            children[2](1.0)
-            children[3](duration_s)
-            children[4][_bisect_left(children[5], duration_s)](1.0)
+        plain = children[2]
+        if (
+            trace_id is None
+            and plain is not None
+            and (started is None or type(started) is _MutexValue)
+        ):
+            # One lock for the whole request instead of one per value object: every
+            # devkit write to these values holds it (see _plain_value).
+            total, count, buckets, bounds = plain
+            with self._lock:
+                total._value += 1.0
+                count._value += duration_s
+                buckets[_bisect_left(bounds, duration_s)]._value += 1.0
+                if started is not None:
+                    started._value -= 1.0
         else:
-            exemplar = {"trace_id": trace_id}
-            children[0].inc(1, exemplar)
-            children[1].observe(duration_s, exemplar)
-            if self.multiprocess:
+            with self._lock:
+                if trace_id is None:
+                    children[0].inc()
+                    children[1].observe(duration_s)
+                else:
+                    exemplar = {"trace_id": trace_id}
+                    children[0].inc(1, exemplar)
+                    children[1].observe(duration_s, exemplar)
+                if started is not None:
+                    if type(started) is _MutexValue:
+                        started._value -= 1.0
+                    else:
+                        started.dec()
+            if trace_id is not None and self.multiprocess:
                 self._record_multiprocess_exemplars(
                     method, route, status_code, duration_s, trace_id
                 )
@@ -290,6 +319,25 @@ class RedMetrics:
                 if len(self._error_children) < _MAX_CACHED_CHILDREN:
                     self._error_children[key] = errors
             errors.inc()
+
+    def _new_children(self, method: str, route: str, status: str) -> tuple[Any, Any, Any]:
+        """(counter child, histogram child, their plain values or None)."""
+        requests = self.requests.labels(method, route, status)
+        duration = self.duration.labels(method, route, status)
+        plain = None
+        total = _plain_value(requests)
+        if total is not None:
+            try:
+                count = _plain_value(duration, "_sum")
+                buckets = [
+                    _plain_value(duration, "_buckets", i) for i in range(len(duration._buckets))
+                ]
+                bounds = [float(bound) for bound in duration._upper_bounds]
+            except (AttributeError, TypeError):
+                count = None
+            if count is not None and all(buckets) and len(buckets) == len(bounds):
+                plain = (total, count, buckets, bounds)
+        return requests, duration, plain
 
     def _record_multiprocess_exemplars(
         self, method: str, route: str, status_code: int, duration_s: float, trace_id: str
@@ -330,28 +378,23 @@ class RedMetrics:
                 pass
 
 
-def _adder(child: Any) -> Callable[[float], None]:
-    """``child``'s value ``inc`` (a counter's or a gauge's), or its public ``inc``."""
-    value = getattr(child, "_value", None)
-    inc = getattr(value, "inc", None)
-    return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
+def _plain_value(child: Any, attribute: str = "_value", index: int | None = None) -> Any:
+    """The ``MutexValue`` behind a label child's value, or None.
 
-
-def _histogram_adders(
-    child: Any,
-) -> tuple[Callable[[float], None], list[Callable[[float], None]], list[float]]:
-    """(sum inc, bucket incs, upper bounds) of a histogram child, or an equivalent via
-    ``observe`` when prometheus-client keeps them elsewhere."""
-    try:
-        sum_inc = child._sum.inc
-        bucket_incs = [bucket.inc for bucket in child._buckets]
-        bounds = [float(bound) for bound in child._upper_bounds]
-        if len(bucket_incs) == len(bounds) and callable(sum_inc):
-            return sum_inc, bucket_incs, bounds
-    except AttributeError:
-        pass
-    # Observe the whole value once, through the public API; the rest are no-ops.
-    return child.observe, [lambda n: None], []
+    prometheus-client guards each value with its own lock; devkit writes the values of
+    its own request metrics directly under one lock of its own (one acquisition per
+    request instead of five). That is equivalent as long as every write to these values
+    holds devkit's lock — devkit's children are written only by :class:`RedMetrics` — and
+    readers, which take the value's lock, see one whole float either way. Any other value
+    type (multiprocess mode's mmap-backed values, another client version) goes through
+    the public API.
+    """
+    value = getattr(child, attribute, None)
+    if index is not None:
+        value = value[index] if isinstance(value, list) else None
+    if type(value) is _MutexValue and type(getattr(value, "_value", None)) is float:
+        return value
+    return None
 
 
 def _float_to_go(value: float) -> str:

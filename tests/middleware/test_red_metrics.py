@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -42,38 +43,68 @@ def test_observe_matches_the_public_api() -> None:
     assert samples(registry, "http_requests") == samples(reference, "http_requests")
 
 
-def test_in_progress_adder_moves_the_gauge() -> None:
+def test_request_started_moves_the_gauge_and_observe_brings_it_back() -> None:
     registry = CollectorRegistry()
     red = RedMetrics(registry)
-    add = red.in_progress_child("GET")
-    add(1.0)
-    add(1.0)
+    first = red.request_started("GET")
+    red.request_started("GET")
     assert registry.get_sample_value("http_requests_in_progress", {"method": "GET"}) == 2.0
-    add(-1.0)
+    red.observe("GET", "/x", 200, 0.01, False, None, first)
     assert registry.get_sample_value("http_requests_in_progress", {"method": "GET"}) == 1.0
+
+
+def test_kept_trace_path_also_brings_the_gauge_back_and_attaches_the_exemplar() -> None:
+    registry = CollectorRegistry()
+    red = RedMetrics(registry)
+    started = red.request_started("GET")
+    red.observe("GET", "/x", 200, 0.01, False, "ab" * 16, started)
+    assert registry.get_sample_value("http_requests_in_progress", {"method": "GET"}) == 0.0
+    (requests,) = [m for m in registry.collect() if m.name == "http_requests"]
+    (total,) = [s for s in requests.samples if s.name == "http_requests_total"]
+    assert total.value == 1.0
+    assert total.exemplar is not None and total.exemplar.labels == {"trace_id": "ab" * 16}
+
+
+def test_concurrent_writers_lose_no_update() -> None:
+    """Every write to the values goes through one lock: threads cannot lose an increment."""
+    registry = CollectorRegistry()
+    red = RedMetrics(registry)
+    threads, per_thread = 8, 3000
+
+    def work(n: int) -> None:
+        for i in range(per_thread):
+            started = red.request_started("GET")
+            # every 100th with an exemplar: the public-API writer shares the lock
+            trace = "%032x" % (i + 1) if i % 100 == 0 else None
+            red.observe("GET", "/x", 200, 0.001 * (n + 1), False, trace, started)
+
+    pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    labels = {"method": "GET", "route": "/x", "status_code": "200"}
+    assert registry.get_sample_value("http_requests_total", labels) == threads * per_thread
+    assert (
+        registry.get_sample_value("http_request_duration_seconds_count", labels)
+        == threads * per_thread
+    )
+    expected_sum = sum(0.001 * (n + 1) * per_thread for n in range(threads))
+    assert registry.get_sample_value("http_request_duration_seconds_sum", labels) == pytest.approx(
+        expected_sum
+    )
+    assert registry.get_sample_value("http_requests_in_progress", {"method": "GET"}) == 0.0
 
 
 def test_without_prometheus_internals_the_public_api_is_used(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    class Opaque:
-        def __init__(self, inner: Any) -> None:
-            self.inner = inner
-
-        def inc(self, amount: float = 1) -> None:
-            self.inner.inc(amount)
-
-        def observe(self, amount: float) -> None:
-            self.inner.observe(amount)
-
-    real_adder = metrics_module._adder
-    real_hist = metrics_module._histogram_adders
-    monkeypatch.setattr(metrics_module, "_adder", lambda child: real_adder(Opaque(child)))
-    monkeypatch.setattr(metrics_module, "_histogram_adders", lambda c: real_hist(Opaque(c)))
+    monkeypatch.setattr(metrics_module, "_plain_value", lambda *args: None)
     registry = CollectorRegistry()
     red = RedMetrics(registry)
-    red.observe("GET", "/x", 200, 0.2, False, None)
-    red.in_progress_child("GET")(1.0)
+    started = red.request_started("GET")
+    red.request_started("GET")
+    red.observe("GET", "/x", 200, 0.2, False, None, started)
     assert (
         registry.get_sample_value(
             "http_request_duration_seconds_bucket",

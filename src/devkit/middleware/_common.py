@@ -113,9 +113,6 @@ class Exchange:
     status: int
     in_progress: Any
 
-    def __init__(self) -> None:
-        self.status = 0
-
 
 #: The key under which the OpenTelemetry API keeps the current span in a Context.
 _SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
@@ -203,6 +200,7 @@ class Instruments:
         """Start a request. ``get_header`` is None when no propagation header arrived."""
         ex = Exchange()
         ex.start = _perf_counter()
+        ex.status = 0
         ex.method = method
         method_label = method if method in STANDARD_METHODS else "_OTHER"
         ex.method_label = method_label
@@ -240,12 +238,8 @@ class Instruments:
             ex.ids = parent_span
             ex.token = self._context_set(parent) if parent is not None else None
         ex.cid_token = _context.correlation_id.set(cid)
-        if self.metrics is not None:
-            add = self.metrics.in_progress_child(method_label)
-            add(1.0)
-            ex.in_progress = add
-        else:
-            ex.in_progress = None
+        metrics = self.metrics
+        ex.in_progress = metrics.request_started(method_label) if metrics is not None else None
         return ex
 
     def finish(
@@ -305,9 +299,9 @@ class Instruments:
         if route is None:
             route = UNMATCHED
         if self.metrics is not None:
-            self.metrics.observe(ex.method_label, route, status, duration, error, trace_id)
-            if ex.in_progress is not None:
-                ex.in_progress(-1.0)
+            self.metrics.observe(
+                ex.method_label, route, status, duration, error, trace_id, ex.in_progress
+            )
 
         logs = self.logs
         if logs is not None:
