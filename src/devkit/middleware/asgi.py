@@ -78,7 +78,10 @@ class ASGIMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        inst = self._instruments or _current_instruments()
+        inst = self._instruments
+        if inst is None:
+            runtime = _state._current  # _current_instruments(), inlined on the request path
+            inst = runtime.instruments if runtime is not None else None
         if inst is None or ACTIVE_KEY in scope:
             await self.app(scope, receive, send)
             return

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import Link, SpanKind, StatusCode, get_current_span
+from opentelemetry.trace import Link, SpanKind, StatusCode, TraceFlags, get_current_span
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
@@ -239,6 +239,8 @@ class TailSamplingProcessor(SpanProcessor):
             self._export((span,))
             return False
         trace_id = ctx.trace_id
+        if not error:
+            error = span.status.status_code is StatusCode.ERROR
         to_export: list[ReadableSpan] | None = None
         with self._lock:
             decided = self._decided.get(trace_id)
@@ -248,16 +250,13 @@ class TailSamplingProcessor(SpanProcessor):
                 if keep:
                     to_export = [span]
             else:
-                pending = self._pending.pop(trace_id, None)
+                pending = self._pending.pop(trace_id, None) if self._pending else None
                 if pending is None:
-                    error = error or span.status.status_code is StatusCode.ERROR
                     keep = self._decide_root(span, error)
                     if keep:
                         to_export = [span]
                 else:
-                    pending.error = (
-                        pending.error or error or span.status.status_code is StatusCode.ERROR
-                    )
+                    pending.error = pending.error or error
                     self._buffer_locked(pending, span)
                     keep = self._decide_root(span, pending.error)
                     if keep:
@@ -311,17 +310,16 @@ class TailSamplingProcessor(SpanProcessor):
     def _decide_root(self, root: ReadableSpan, error: bool) -> bool:
         if error:
             decision = "kept_error"
-        elif (
-            root.end_time is not None
-            and root.start_time is not None
-            and root.end_time - root.start_time >= self._slow_ns
-        ):
-            decision = "kept_slow"
-        elif root.context is not None and root.context.trace_flags.sampled:
-            decision = "kept_sampled"
         else:
-            decision = "dropped"
-        self._decisions[decision] = self._decisions.get(decision, 0) + 1
+            start, end = root.start_time, root.end_time
+            if start is not None and end is not None and end - start >= self._slow_ns:
+                decision = "kept_slow"
+            elif root.context is not None and root.context.trace_flags & TraceFlags.SAMPLED:
+                decision = "kept_sampled"
+            else:
+                decision = "dropped"
+        decisions = self._decisions
+        decisions[decision] = decisions.get(decision, 0) + 1
         self._uncounted += 1
         return decision != "dropped"
 

@@ -82,6 +82,8 @@ def _pick_span_context() -> Callable[[int, int, TraceFlags, TraceState], SpanCon
 
 
 _span_context = _pick_span_context()
+_RANDOM = _FLAGS[TraceFlags.RANDOM_TRACE_ID]
+_RANDOM_SAMPLED = _FLAGS[TraceFlags.RANDOM_TRACE_ID | TraceFlags.SAMPLED]
 
 
 def _ended_unknown(on_end: Callable[[Any], None]) -> Callable[[Any, bool], bool]:
@@ -340,11 +342,20 @@ class ServerSpanFactory:
     ) -> ServerSpan:
         """The request's server span; its attributes stay a tuple until export."""
         original = method[:64] if method_label == "_OTHER" else None
+        if parent is None:
+            # A new trace (the common case), as _context(None) without the call.
+            trace_id = _getrandbits(128) or 1
+            flags = _RANDOM_SAMPLED if trace_id & _TRACE_ID_LIMIT < self._bound else _RANDOM
+            context = _span_context(trace_id, _getrandbits(64) or 1, flags, _EMPTY_STATE)
+        else:
+            context = self._context(parent)
+            if not parent.is_valid:
+                parent = None
         return ServerSpan(
             self,
             method_label,
-            self._context(parent),
-            parent if parent is not None and parent.is_valid else None,
+            context,
+            parent,
             None,
             _time_ns(),
             (method_label, original, scheme, path, correlation_id),
