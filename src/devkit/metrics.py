@@ -30,7 +30,6 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar, Sample
-from prometheus_client.values import MutexValue as _MutexValue
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -65,6 +64,11 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
     10.0,
 )
 _MAX_CACHED_CHILDREN = 10_000
+
+try:  # the single-process value type; see _plain_value
+    from prometheus_client.values import MutexValue as _MutexValue
+except ImportError:  # another client version: every write goes through the public API
+    _MutexValue = None  # type: ignore[assignment,misc]
 _EXEMPLAR_FILE_PREFIX = "devkit-exemplars-"
 _EXEMPLAR_FLUSH_INTERVAL_S = 1.0
 _EXEMPLAR_MAX_AGE_S = 3600.0
