@@ -27,7 +27,6 @@ from typing import IO, Any, cast
 import orjson
 import structlog
 from opentelemetry import trace as otel_trace
-from opentelemetry.trace import SpanContext
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
 from devkit import _context, _errors
@@ -225,7 +224,8 @@ class LogPipeline:
         path: str,
         status_code: int,
         duration_s: float,
-        ids: SpanContext | None,
+        trace_id: int,
+        span_id: int,
         correlation_id: str,
         exc: BaseException | None = None,
     ) -> None:
@@ -235,8 +235,9 @@ class LogPipeline:
         parts cached at the first request (the level/service/logger/message/method head,
         the JSON of each route template), so the record costs one format operation.
         ``method`` is a method label and ``correlation_id`` a validated one: both are
-        JSON-safe as they are. ``path`` must already be redacted. The console format and
-        a record with an exception take :meth:`emit`.
+        JSON-safe as they are. ``path`` must already be redacted; ``trace_id`` is 0 when
+        the request has no trace. The console format and a record with an exception take
+        :meth:`emit`.
         """
         if self._console or exc is not None:
             self._access_generic(level, method, route, path, status_code, duration_s, exc)
@@ -264,13 +265,8 @@ class LogPipeline:
                 status_code,
                 duration_s * 1000.0,
             )
-            if ids is not None and ids.is_valid:
-                line = _ACCESS_TRACED % (
-                    *fields,
-                    ids.trace_id,
-                    ids.span_id,
-                    correlation_id.encode(),
-                )
+            if trace_id:
+                line = _ACCESS_TRACED % (*fields, trace_id, span_id, correlation_id.encode())
             else:
                 line = _ACCESS_UNTRACED % (*fields, correlation_id.encode())
         except Exception:  # a path orjson refuses (lone surrogates): the generic path copes

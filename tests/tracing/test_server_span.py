@@ -111,3 +111,19 @@ def test_current_span_is_visible_through_the_api() -> None:
         assert not isinstance(current, NonRecordingSpan)
     finally:
         trace.context_api.detach(token)
+
+
+def test_plain_ids_match_the_span_context() -> None:
+    """The ids the access record reads without property calls are the context's own."""
+    f, _ = factory(0.5)
+    spans = [
+        f.start_request("GET", "GET", "http", "/", "cid", None),
+        f.start_request("GET", "GET", "http", "/", "cid", remote(0xFEED, True)),
+        f.start_request("GET", "GET", "http", "/", "cid", SpanContext(0, 0, True)),
+        f.start("GET", None, {}),
+    ]
+    for span in spans:
+        assert span.context.is_valid
+        assert (span.trace_id, span.span_id) == (span.context.trace_id, span.context.span_id)
+    assert spans[1].trace_id == 0xFEED and spans[1].parent is not None
+    assert spans[2].parent is None  # an invalid remote parent starts a new trace

@@ -92,7 +92,8 @@ class Exchange:
         "path",
         "query",
         "span",
-        "ids",
+        "trace_id",
+        "span_id",
         "token",
         "cid",
         "cid_token",
@@ -106,7 +107,9 @@ class Exchange:
     path: str
     query: str
     span: ServerSpan | None
-    ids: SpanContext | None
+    #: The ids the access record carries (the span's, or a remote parent's); 0 for none.
+    trace_id: int
+    span_id: int
     token: Token[Context] | None
     cid: str
     cid_token: Token[str | None]
@@ -230,12 +233,16 @@ class Instruments:
         if factory is not None:
             span = factory.start_request(method_label, method, scheme, path, cid, parent_span)
             ex.span = span
-            ex.ids = span.context
+            ex.trace_id = span.trace_id
+            ex.span_id = span.span_id
             ctx = Context({**parent, _SPAN_KEY: span}) if parent else Context({_SPAN_KEY: span})
             ex.token = self._context_set(ctx)
         else:
             ex.span = None
-            ex.ids = parent_span
+            if parent_span is not None and parent_span.is_valid:
+                ex.trace_id, ex.span_id = parent_span.trace_id, parent_span.span_id
+            else:
+                ex.trace_id = ex.span_id = 0
             ex.token = self._context_set(parent) if parent is not None else None
         ex.cid_token = _context.correlation_id.set(cid)
         metrics = self.metrics
@@ -294,7 +301,7 @@ class Instruments:
                 span, route, status, error_type, span.start_time + int(duration * 1e9)
             )
             if kept and self.exemplars:
-                trace_id = "%032x" % span.context.trace_id
+                trace_id = "%032x" % span.trace_id
 
         if route is None:
             route = UNMATCHED
@@ -327,7 +334,8 @@ class Instruments:
                 path,
                 status,
                 duration,
-                ex.ids,
+                ex.trace_id,
+                ex.span_id,
                 ex.cid,
                 exc if error else None,
             )

@@ -112,6 +112,8 @@ class ServerSpan(Span):
     __slots__ = (
         "name",
         "context",
+        "trace_id",
+        "span_id",
         "parent",
         "status",
         "start_time",
@@ -136,10 +138,15 @@ class ServerSpan(Span):
         attributes: dict[str, Any] | None,
         start_time: int,
         request: tuple[str, str | None, str, str, str] | None = None,
+        trace_id: int = 0,
+        span_id: int = 0,
     ) -> None:
         self._factory = factory
         self.name = name
         self.context = context
+        #: The context's ids as plain attributes: read per request without property calls.
+        self.trace_id = trace_id or context.trace_id
+        self.span_id = span_id or context.span_id
         self.parent = parent
         self._request = request
         self._response: tuple[int, str | None, str | None] | None = None
@@ -345,10 +352,12 @@ class ServerSpanFactory:
         if parent is None:
             # A new trace (the common case), as _context(None) without the call.
             trace_id = _getrandbits(128) or 1
+            span_id = _getrandbits(64) or 1
             flags = _RANDOM_SAMPLED if trace_id & _TRACE_ID_LIMIT < self._bound else _RANDOM
-            context = _span_context(trace_id, _getrandbits(64) or 1, flags, _EMPTY_STATE)
+            context = _span_context(trace_id, span_id, flags, _EMPTY_STATE)
         else:
             context = self._context(parent)
+            trace_id = span_id = 0  # read from the context
             if not parent.is_valid:
                 parent = None
         return ServerSpan(
@@ -359,6 +368,8 @@ class ServerSpanFactory:
             None,
             _time_ns(),
             (method_label, original, scheme, path, correlation_id),
+            trace_id,
+            span_id,
         )
 
     def end_request(
