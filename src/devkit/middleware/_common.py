@@ -225,7 +225,7 @@ class Instruments:
                 from_baggage = baggage.get_baggage(BAGGAGE_CORRELATION_KEY, parent)
                 if isinstance(from_baggage, str) and valid_correlation_id(from_baggage):
                     inbound_cid = from_baggage
-        cid = inbound_cid or "%032x" % _getrandbits(128)  # new_correlation_id()
+        cid = inbound_cid or new_correlation_id()
         ex.cid = cid
 
         # The W3C propagator adds the correlation id to outbound baggage itself.
