@@ -265,6 +265,9 @@ def _server_suite(suite: Suite, runs: dict[str, VariantRun]) -> dict[str, Any]:
             m["samples"] = [round(v, 3) for v in vrun.samples[measure]]
             if measure in bare:
                 m["ratio_to_bare"] = round(summary.median / bare[measure].median, 3)
+                paired = _paired_ratio(vrun.samples[measure], ok[suite.baseline].samples[measure])
+                if paired is not None:
+                    m["paired_ratio_to_bare"] = round(paired, 3)
             entry[measure] = m
         entry.update(cpu.get(name, {}))
         export = _export(vrun)
@@ -282,6 +285,18 @@ def _server_suite(suite: Suite, runs: dict[str, VariantRun]) -> dict[str, Any]:
         "measures": list(suite.measures),
         "variants": variants,
     }
+
+
+def _paired_ratio(samples: list[float], baseline: list[float]) -> float | None:
+    """Median over rounds of sample / baseline sample of the same round.
+
+    A round runs the variants back to back, so its pair shares the machine's speed of
+    that moment; on a machine whose speed drifts over minutes this ratio varies less than
+    the ratio of the two medians. None when a round is missing from either list.
+    """
+    if not samples or len(samples) != len(baseline) or not all(baseline):
+        return None
+    return stats.summarize([a / b for a, b in zip(samples, baseline, strict=True)]).median
 
 
 def analyse(result: RunResult) -> dict[str, Any]:
@@ -378,7 +393,7 @@ def _http_markdown(name: str, data: dict[str, Any], rounds: int) -> list[str]:
     notes = []
     for variant, e in data["variants"].items():
         if e["status"] != "ok":
-            lines.append(f"| {variant} | {e['status']} |" + " |" * 10)
+            lines.append(f"| {variant} | {e['status']} |" + " |" * 11)
             notes.append(f"- **{variant}** {e['status']}: {e.get('reason', '')}")
             continue
         export = e.get("export") or {}
@@ -435,14 +450,15 @@ def _server_markdown(name: str, data: dict[str, Any], rounds: int) -> list[str]:
     lines = [
         f"### {name} — requests per second and latency under load (median of {rounds} rounds)",
         "",
-        "| variant | req/s | min-max | x bare | p50 ms | x bare | p99 ms | x bare "
-        "| server CPU µs/req | CPU overhead | CPU overhead / stack | spans/req exported |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| variant | req/s | min-max | x bare | x bare, paired | p50 ms | x bare | p99 ms "
+        "| x bare | server CPU µs/req | CPU overhead | CPU overhead / stack "
+        "| spans/req exported |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     notes = []
     for variant, e in data["variants"].items():
         if e["status"] != "ok":
-            lines.append(f"| {variant} | {e['status']} |" + " |" * 10)
+            lines.append(f"| {variant} | {e['status']} |" + " |" * 11)
             notes.append(f"- **{variant}** {e['status']}: {e.get('reason', '')}")
             continue
         rps, p50, p99 = e["requests_per_s"], e["p50_ms"], e["p99_ms"]
@@ -451,6 +467,7 @@ def _server_markdown(name: str, data: dict[str, Any], rounds: int) -> list[str]:
             f"| {variant} | {rps['median_per_s']:,.0f} "
             f"| {rps['min_per_s']:,.0f}-{rps['max_per_s']:,.0f} "
             f"| {_fmt(rps.get('ratio_to_bare'), '.2f')} "
+            f"| {_fmt(rps.get('paired_ratio_to_bare'), '.2f')} "
             f"| {_fmt(p50['median_ms'], '.2f')} | {_fmt(p50.get('ratio_to_bare'), '.2f')} "
             f"| {_fmt(p99['median_ms'], '.2f')} | {_fmt(p99.get('ratio_to_bare'), '.2f')} "
             f"| {_fmt(e.get('cpu_median_us'))} | {_fmt(e.get('cpu_overhead_us'), '+.1f')} "
@@ -461,7 +478,9 @@ def _server_markdown(name: str, data: dict[str, Any], rounds: int) -> list[str]:
     lines += [
         "",
         "`x bare` for req/s: higher is better (devkit's target is at least 0.70); for "
-        "latency: lower is better. Server CPU: the uvicorn process's user + system time "
+        "latency: lower is better. `x bare, paired`: the median over rounds of each "
+        "round's req/s over the bare app's in the same round, steadier when the machine's "
+        "speed drifts. Server CPU: the uvicorn process's user + system time "
         "during the timed load divided by the requests wrk completed. `spans/req exported`: "
         "spans the receiver got over every request the server answered.",
     ]

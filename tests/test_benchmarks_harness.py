@@ -370,10 +370,19 @@ def test_server_suite_ratios_to_bare_and_gate_outcome() -> None:
     devkit = data["variants"]["devkit"]
     assert devkit["requests_per_s"]["median_per_s"] == 6000.0
     assert devkit["requests_per_s"]["ratio_to_bare"] == pytest.approx(0.8)
+    # rounds paired: 6000/7000, 5000/8000, 6100/7500 -> median 0.813
+    assert devkit["requests_per_s"]["paired_ratio_to_bare"] == pytest.approx(0.813)
     assert devkit["p50_ms"]["ratio_to_bare"] == pytest.approx(1.25)
     assert devkit["cpu_overhead_ratio_to_stack"] == pytest.approx(0.1)
     assert devkit["export"]["spans_per_request"] == pytest.approx(0.1)
     assert report.gate_outcomes(doc) == {"server-uvicorn": pytest.approx(0.8)}
     text = report.markdown(doc)
     assert "### server-uvicorn — requests per second" in text
-    assert "| devkit | 6,000 | 5,000-6,100 | 0.80 |" in text
+    assert "| devkit | 6,000 | 5,000-6,100 | 0.80 | 0.81 |" in text
+
+
+def test_paired_ratio_needs_every_round_of_both() -> None:
+    assert report._paired_ratio([2.0, 3.0, 9.0], [4.0, 3.0, 10.0]) == pytest.approx(0.9)
+    assert report._paired_ratio([2.0, 3.0], [4.0, 3.0, 10.0]) is None
+    assert report._paired_ratio([], []) is None
+    assert report._paired_ratio([1.0], [0.0]) is None
