@@ -21,7 +21,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from benchmarks import __main__ as bench_main  # noqa: E402
-from benchmarks import report, runner, server, server_app, stats  # noqa: E402
+from benchmarks import instructions, report, runner, server, server_app, stats  # noqa: E402
 from benchmarks.drivers import batch_sizes, calibrate, normalised  # noqa: E402
 from benchmarks.receiver import Receiver, Traffic  # noqa: E402
 from benchmarks.suites import SUITES  # noqa: E402
@@ -386,3 +386,33 @@ def test_paired_ratio_needs_every_round_of_both() -> None:
     assert report._paired_ratio([2.0, 3.0], [4.0, 3.0, 10.0]) is None
     assert report._paired_ratio([], []) is None
     assert report._paired_ratio([1.0], [0.0]) is None
+
+
+# -- instruction counts -------------------------------------------------------------------
+
+_CALLGRIND = """# callgrind format
+version: 1
+creator: callgrind-3.19.0
+events: Ir Dr I1mr
+fl= (1) ceval.c
+summary: 1300000 400000 2600
+totals: 1300000 400000 2600
+"""
+
+
+def test_instruction_counts_per_request_by_difference() -> None:
+    small = instructions.summary_counts(_CALLGRIND.replace("1300000", "300000"))
+    large = instructions.summary_counts(_CALLGRIND)
+    assert small == {"Ir": 300000, "Dr": 400000, "I1mr": 2600}
+    per = instructions.per_request(small, large, 300, 1300)
+    assert per == {"Ir": 1000.0, "Dr": 0.0, "I1mr": 0.0}
+    with pytest.raises(ValueError, match="more requests"):
+        instructions.per_request(small, large, 1300, 300)
+    with pytest.raises(ValueError, match="not a callgrind"):
+        instructions.summary_counts("summary: 5\n")
+
+
+def test_instruction_counts_reject_unknown_parts(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        instructions.main(["--off", "logs,db"])
+    assert "not db" in capsys.readouterr().err

@@ -1,0 +1,158 @@
+"""CPU instructions per in-process request under valgrind's callgrind: a deterministic count.
+
+``python -m benchmarks.instructions [--kind asgi|wsgi] [--variant devkit] [--off logs,span]
+[--cache]``
+
+Timing on a shared machine moves by tens of percent between runs; an instruction count
+does not, so it is how a small change to the request path is judged. The variant's app
+is called in-process twice, in two fresh interpreters under callgrind, with a small and
+a large number of requests; the difference divided by the difference in requests is the
+cost of one request, free of start-up, imports and warm-up. ``--cache`` adds callgrind's
+cache simulation: first-level instruction and data misses per request, which is where
+devkit's time goes at server level (see docs/benchmarks.md).
+
+What the child pins so that two runs differ by the requests only: ``PYTHONHASHSEED=0``;
+``DEVKIT_SAMPLE_SUCCESS_RATIO=0`` (with 10 % of traces kept, whether a 64-span export
+batch falls between the two counts moves one request by thousands of instructions); a
+full ``gc.collect()`` after the warm-up (the first full collection of a large heap would
+otherwise land inside the count). ``--off`` switches parts of devkit off after
+``init()`` (``logs``, ``span``, ``metrics``) to price each part by difference.
+
+Needs ``valgrind`` (Debian package ``valgrind``); takes one to three minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["per_request", "summary_counts"]
+
+ROOT = Path(__file__).resolve().parent.parent
+_PARTS = ("logs", "span", "metrics")
+
+
+def summary_counts(text: str) -> dict[str, int]:
+    """``{event: count}`` from a callgrind output file's ``events:`` and ``summary:`` lines."""
+    events = re.search(r"^events:\s*(.+)$", text, re.M)
+    summary = re.search(r"^summary:\s*(.+)$", text, re.M)
+    if events is None or summary is None:
+        raise ValueError("not a callgrind output file (no events/summary line)")
+    names, values = events.group(1).split(), summary.group(1).split()
+    if len(names) != len(values):
+        raise ValueError("callgrind events and summary do not match")
+    return {name: int(value) for name, value in zip(names, values, strict=True)}
+
+
+def per_request(
+    small: dict[str, int], large: dict[str, int], n_small: int, n_large: int
+) -> dict[str, float]:
+    """Each event's count per request, by difference of a small and a large run."""
+    if n_large <= n_small:
+        raise ValueError("the large run must have more requests than the small one")
+    return {name: (large[name] - small[name]) / (n_large - n_small) for name in large}
+
+
+def _child(kind: str, variant: str, requests: int, off: list[str]) -> None:
+    """Build the variant's app, warm it up, collect, then serve ``requests`` requests."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import apps, drivers, variants
+    from benchmarks.receiver import Receiver
+
+    receiver = Receiver().start()
+    ctx = variants.Context(otlp_endpoint=receiver.endpoint, sink=open(os.devnull, "wb"))  # noqa: SIM115
+    table = variants.ASGI_VARIANTS if kind == "asgi" else variants.WSGI_VARIANTS
+    app = table[variant](apps.starlette_app if kind == "asgi" else apps.flask_app, ctx)
+    if off:
+        from devkit import _state
+
+        runtime = _state.current()
+        if runtime is None or runtime.instruments is None:
+            raise SystemExit(f"--off needs a devkit variant; {variant} did not init devkit")
+        inst = runtime.instruments
+        if "logs" in off:
+            inst.logs = None
+        if "span" in off:
+            inst.server_spans = None
+        if "metrics" in off:
+            inst.metrics = None
+    if kind == "asgi":
+        asyncio.run(drivers._asgi_batches(app, [200]))
+        gc.collect()
+        asyncio.run(drivers._asgi_batches(app, [requests]))
+    else:
+        drivers._wsgi_batches(app, [200])
+        gc.collect()
+        drivers._wsgi_batches(app, [requests])
+    for flush in ctx.flushers:
+        flush()
+
+
+def _count(args: argparse.Namespace, requests: int, out: Path) -> dict[str, int]:
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out}",
+        *(["--cache-sim=yes"] if args.cache else []),
+        sys.executable,
+        "-m",
+        "benchmarks.instructions",
+        "--child",
+        str(requests),
+        "--kind",
+        args.kind,
+        "--variant",
+        args.variant,
+        "--off",
+        ",".join(args.off),
+    ]
+    env = dict(os.environ, PYTHONHASHSEED="0", DEVKIT_SAMPLE_SUCCESS_RATIO="0")
+    subprocess.run(
+        command, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    return summary_counts(out.read_text(errors="replace"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions")
+    parser.add_argument("--kind", choices=("asgi", "wsgi"), default="asgi")
+    parser.add_argument("--variant", default="devkit")
+    parser.add_argument(
+        "--off",
+        type=lambda v: [p for p in v.split(",") if p],
+        default=[],
+        help="devkit parts switched off: any of logs,span,metrics",
+    )
+    parser.add_argument("--cache", action="store_true", help="simulate caches too")
+    parser.add_argument("--small", type=int, default=300)
+    parser.add_argument("--large", type=int, default=1300)
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    unknown = set(args.off) - set(_PARTS)
+    if unknown:
+        parser.error(f"--off takes {','.join(_PARTS)}, not {','.join(sorted(unknown))}")
+    if args.child is not None:
+        _child(args.kind, args.variant, args.child, args.off)
+        return 0
+    if shutil.which("valgrind") is None:
+        print("valgrind not installed (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        small = _count(args, args.small, Path(tmp, "small.out"))
+        large = _count(args, args.large, Path(tmp, "large.out"))
+    counts = per_request(small, large, args.small, args.large)
+    label = f"{args.kind} {args.variant}" + (f" (off: {','.join(args.off)})" if args.off else "")
+    print(f"{label}: " + ", ".join(f"{name} {round(value):,}" for name, value in counts.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
