@@ -1,7 +1,7 @@
 """CPU instructions per in-process request under valgrind's callgrind: a deterministic count.
 
-``python -m benchmarks.instructions [--kind asgi|wsgi] [--variant devkit] [--off logs,span]
-[--cache]``
+``python -m benchmarks.instructions [--suite asgi-starlette|asgi-fastapi|wsgi-flask]
+[--variant devkit] [--off logs,span] [--cache]``
 
 Timing on a shared machine moves by tens of percent between runs; an instruction count
 does not, so it is how a small change to the request path is judged. The variant's app
@@ -34,6 +34,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks import drivers, variants
+from benchmarks._worker import _FACTORIES
+from benchmarks.receiver import Receiver
+from benchmarks.suites import SUITES
+
 __all__ = ["per_request", "summary_counts"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,16 +66,15 @@ def per_request(
     return {name: (large[name] - small[name]) / (n_large - n_small) for name in large}
 
 
-def _child(kind: str, variant: str, requests: int, off: list[str]) -> None:
-    """Build the variant's app, warm it up, collect, then serve ``requests`` requests."""
-    sys.path.insert(0, str(ROOT))
-    from benchmarks import apps, drivers, variants
-    from benchmarks.receiver import Receiver
-
+def _child(suite: str, variant: str, requests: int, off: list[str]) -> None:
+    """Build the variant's app as the timing worker does, warm it up, collect, then serve
+    ``requests`` requests."""
     receiver = Receiver().start()
     ctx = variants.Context(otlp_endpoint=receiver.endpoint, sink=open(os.devnull, "wb"))  # noqa: SIM115
-    table = variants.ASGI_VARIANTS if kind == "asgi" else variants.WSGI_VARIANTS
-    app = table[variant](apps.starlette_app if kind == "asgi" else apps.flask_app, ctx)
+    asgi = SUITES[suite].kind == "asgi"
+    app = (variants.ASGI_VARIANTS if asgi else variants.WSGI_VARIANTS)[variant](
+        _FACTORIES[suite], ctx
+    )
     if off:
         from devkit import _state
 
@@ -84,7 +88,7 @@ def _child(kind: str, variant: str, requests: int, off: list[str]) -> None:
             inst.server_spans = None
         if "metrics" in off:
             inst.metrics = None
-    if kind == "asgi":
+    if asgi:
         asyncio.run(drivers._asgi_batches(app, [200]))
         gc.collect()
         asyncio.run(drivers._asgi_batches(app, [requests]))
@@ -107,8 +111,8 @@ def _count(args: argparse.Namespace, requests: int, out: Path) -> dict[str, int]
         "benchmarks.instructions",
         "--child",
         str(requests),
-        "--kind",
-        args.kind,
+        "--suite",
+        args.suite,
         "--variant",
         args.variant,
         "--off",
@@ -123,7 +127,7 @@ def _count(args: argparse.Namespace, requests: int, out: Path) -> dict[str, int]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions")
-    parser.add_argument("--kind", choices=("asgi", "wsgi"), default="asgi")
+    parser.add_argument("--suite", choices=sorted(_FACTORIES), default="asgi-starlette")
     parser.add_argument("--variant", default="devkit")
     parser.add_argument(
         "--off",
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--off takes {','.join(_PARTS)}, not {','.join(sorted(unknown))}")
     if args.child is not None:
-        _child(args.kind, args.variant, args.child, args.off)
+        _child(args.suite, args.variant, args.child, args.off)
         return 0
     if shutil.which("valgrind") is None:
         print("valgrind not installed (apt-get install valgrind)", file=sys.stderr)
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         small = _count(args, args.small, Path(tmp, "small.out"))
         large = _count(args, args.large, Path(tmp, "large.out"))
     counts = per_request(small, large, args.small, args.large)
-    label = f"{args.kind} {args.variant}" + (f" (off: {','.join(args.off)})" if args.off else "")
+    label = f"{args.suite} {args.variant}" + (f" (off: {','.join(args.off)})" if args.off else "")
     print(f"{label}: " + ", ".join(f"{name} {round(value):,}" for name, value in counts.items()))
     return 0
 
