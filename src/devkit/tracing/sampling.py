@@ -228,9 +228,9 @@ class TailSamplingProcessor(SpanProcessor):
     def on_root_end(self, span: ReadableSpan, error: bool) -> bool:
         """The request's server span ended (a local root): decide its trace now.
 
-        The common case — no child span of the trace ended before it — takes no buffer
-        entry. ``error`` is the middleware's verdict (5xx or an unhandled exception).
-        Returns whether the trace is kept (exemplars link only to kept traces).
+        The common case — no other span of the trace seen — takes no buffer entry and
+        decides inline. ``error`` is the middleware's verdict (5xx or an unhandled
+        exception). Returns whether the trace is kept (exemplars link only to kept traces).
         """
         ctx = span.context
         if ctx is None:
@@ -241,38 +241,63 @@ class TailSamplingProcessor(SpanProcessor):
         trace_id = ctx.trace_id
         if not error:
             error = span.status.status_code is StatusCode.ERROR
-        to_export: list[ReadableSpan] | None = None
+        to_export: Sequence[ReadableSpan] | None = None
         with self._lock:
-            decided = self._decided.get(trace_id)
-            if decided is not None:
-                # Another local root of this trace (a call back into this service) decided.
-                keep = decided
-                if keep:
-                    to_export = [span]
+            if self._pending or trace_id in self._decided or trace_id in self._watched:
+                keep, to_export = self._root_end_locked(span, trace_id, error)
             else:
-                pending = self._pending.pop(trace_id, None) if self._pending else None
-                if pending is None:
-                    keep = self._decide_root(span, error)
-                    if keep:
-                        to_export = [span]
+                # _decide_root, inline: every request comes this way.
+                if error:
+                    decision = "kept_error"
+                elif span.end_time - span.start_time >= self._slow_ns:  # type: ignore[operator]
+                    decision = "kept_slow"
+                elif ctx.trace_flags & TraceFlags.SAMPLED:
+                    decision = "kept_sampled"
                 else:
-                    pending.error = pending.error or error
-                    self._buffer_locked(pending, span)
-                    keep = self._decide_root(span, pending.error)
-                    if keep:
-                        to_export = pending.spans
-                if self._watched and self._watched.pop(trace_id, False) is None:
-                    self._remember_locked(trace_id, keep)
+                    decision = "dropped"
+                decisions = self._decisions
+                decisions[decision] = decisions.get(decision, 0) + 1
+                self._uncounted += 1
+                keep = decision != "dropped"
+                if keep:
+                    to_export = (span,)
             span.kept = keep  # type: ignore[attr-defined]  # for children started later
             if self._uncounted >= _COUNT_BATCH:
                 self._flush_counts_locked()
-            if self._pending:
-                expired = self._expire_locked()
-                if expired:
-                    to_export = (to_export or []) + expired
         if to_export:
             self._export(to_export)
         return keep
+
+    def _root_end_locked(
+        self, span: ReadableSpan, trace_id: int, error: bool
+    ) -> tuple[bool, list[ReadableSpan] | None]:
+        """on_root_end when the trace has other spans, a decision or open buffers."""
+        to_export: list[ReadableSpan] | None = None
+        decided = self._decided.get(trace_id)
+        if decided is not None:
+            # Another local root of this trace (a call back into this service) decided.
+            keep = decided
+            if keep:
+                to_export = [span]
+        else:
+            pending = self._pending.pop(trace_id, None) if self._pending else None
+            if pending is None:
+                keep = self._decide_root(span, error)
+                if keep:
+                    to_export = [span]
+            else:
+                pending.error = pending.error or error
+                self._buffer_locked(pending, span)
+                keep = self._decide_root(span, pending.error)
+                if keep:
+                    to_export = pending.spans
+            if self._watched and self._watched.pop(trace_id, False) is None:
+                self._remember_locked(trace_id, keep)
+        if self._pending:
+            expired = self._expire_locked()
+            if expired:
+                to_export = (to_export or []) + expired
+        return keep, to_export
 
     def _buffer_locked(self, pending: _Pending, span: ReadableSpan) -> None:
         if len(pending.spans) < self._limits.max_spans_per_trace:
