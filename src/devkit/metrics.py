@@ -283,20 +283,31 @@ class RedMetrics:
             if len(self._children) < _MAX_CACHED_CHILDREN:
                 self._children[key] = children
         plain = children[2]
-        if (
-            trace_id is None
-            and plain is not None
-            and (started is None or type(started) is _MutexValue)
-        ):
+        if plain is not None and (started is None or type(started) is _MutexValue):
             # One lock for the whole request instead of one per value object: every
             # devkit write to these values holds it (see _plain_value).
             total, count, buckets, bounds = plain
-            with self._lock:
-                total._value += 1.0
-                count._value += duration_s
-                buckets[_bisect_left(bounds, duration_s)]._value += 1.0
-                if started is not None:
-                    started._value -= 1.0
+            bucket = buckets[_bisect_left(bounds, duration_s)]
+            if trace_id is None:
+                with self._lock:
+                    total._value += 1.0
+                    count._value += duration_s
+                    bucket._value += 1.0
+                    if started is not None:
+                        started._value -= 1.0
+            else:
+                # What inc(1, exemplar) and observe(duration, exemplar) store, without
+                # re-validating a label devkit wrote (a 32-hex trace id).
+                labels = {"trace_id": trace_id}
+                now = time.time()
+                with self._lock:
+                    total._value += 1.0
+                    total._exemplar = Exemplar(labels, 1, now)
+                    count._value += duration_s
+                    bucket._value += 1.0
+                    bucket._exemplar = Exemplar(labels, duration_s, now)
+                    if started is not None:
+                        started._value -= 1.0
         else:
             with self._lock:
                 if trace_id is None:
@@ -385,18 +396,23 @@ class RedMetrics:
 def _plain_value(child: Any, attribute: str = "_value", index: int | None = None) -> Any:
     """The ``MutexValue`` behind a label child's value, or None.
 
-    prometheus-client guards each value with its own lock; devkit writes the values of
-    its own request metrics directly under one lock of its own (one acquisition per
-    request instead of five). That is equivalent as long as every write to these values
-    holds devkit's lock — devkit's children are written only by :class:`RedMetrics` — and
-    readers, which take the value's lock, see one whole float either way. Any other value
+    prometheus-client guards each value with its own lock; devkit writes the values (and
+    the exemplars) of its own request metrics directly under one lock of its own (one
+    acquisition per request instead of five to seven). That is equivalent as long as every
+    write to these values holds devkit's lock — devkit's children are written only by
+    :class:`RedMetrics` — and readers, which take the value's lock, see one whole float
+    (one whole exemplar) either way. Any other value
     type (multiprocess mode's mmap-backed values, another client version) goes through
     the public API.
     """
     value = getattr(child, attribute, None)
     if index is not None:
         value = value[index] if isinstance(value, list) else None
-    if type(value) is _MutexValue and type(getattr(value, "_value", None)) is float:
+    if (
+        type(value) is _MutexValue
+        and type(getattr(value, "_value", None)) is float
+        and hasattr(value, "_exemplar")
+    ):
         return value
     return None
 

@@ -43,6 +43,37 @@ def test_observe_matches_the_public_api() -> None:
     assert samples(registry, "http_requests") == samples(reference, "http_requests")
 
 
+def exemplars(registry: CollectorRegistry) -> dict[tuple[str, tuple[Any, ...]], Any]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): (s.exemplar.labels, s.exemplar.value)
+        for m in registry.collect()
+        for s in m.samples
+        if s.exemplar is not None
+    }
+
+
+def test_kept_traces_store_the_exemplars_the_public_api_stores() -> None:
+    registry = CollectorRegistry()
+    red = RedMetrics(registry, buckets=DEFAULT_BUCKETS)
+    reference = CollectorRegistry()
+    labels = ("method", "route", "status_code")
+    requests = Counter("http_requests_total", "r", labels, registry=reference)
+    duration = Histogram(
+        "http_request_duration_seconds", "d", labels, buckets=DEFAULT_BUCKETS, registry=reference
+    )
+    for n, d in enumerate(DURATIONS):
+        trace_id = "%032x" % (n + 1)
+        red.observe("GET", "/x", 200, d, False, trace_id)
+        requests.labels("GET", "/x", "200").inc(1, {"trace_id": trace_id})
+        duration.labels("GET", "/x", "200").observe(d, {"trace_id": trace_id})
+    got = exemplars(registry)
+    assert len(got) > 5  # the counter and several buckets
+    assert got == exemplars(reference)
+    assert samples(registry, "http_request_duration_seconds") == samples(
+        reference, "http_request_duration_seconds"
+    )
+
+
 def test_request_started_moves_the_gauge_and_observe_brings_it_back() -> None:
     registry = CollectorRegistry()
     red = RedMetrics(registry)
