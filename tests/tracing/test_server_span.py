@@ -127,3 +127,48 @@ def test_plain_ids_match_the_span_context() -> None:
         assert (span.trace_id, span.span_id) == (span.context.trace_id, span.context.span_id)
     assert spans[1].trace_id == 0xFEED and spans[1].parent is not None
     assert spans[2].parent is None  # an invalid remote parent starts a new trace
+
+
+def test_redacted_attributes_redact_what_can_carry_pii_and_keep_devkits_own() -> None:
+    from devkit.redaction import Redactor
+
+    redactor = Redactor()
+    f, _ = factory()
+    span = f.start_request("_OTHER", "PURGE-a@b.io", "https", "/u/jane@example.com", "cid-1", None)
+    span.set_attribute("user.email", "jane@example.com")
+    span.set_attribute("api_key", "abc123")
+    f.end_request(span, "/u/{email}", 500, "ValueError")
+    got = span.redacted_attributes(redactor.redact_attributes)
+    # The same keys in the same order, and the same values, as redacting everything.
+    assert list(got.items()) == list(redactor.redact_attributes(span.attributes).items())
+    assert got["url.path"] == "/u/[REDACTED:email]"
+    assert got["http.request.method_original"] == "[REDACTED:email]"
+    assert got["user.email"] == "[REDACTED:email]"
+    assert got["api_key"] == "[REDACTED:secret]"
+    assert got["http.route"] == "/u/{email}" and got["error.type"] == "ValueError"
+    # devkit's own fields are not offered to the redactor at all.
+    seen: list[str] = []
+
+    def spy(attrs: Any) -> dict[str, Any]:
+        seen.extend(attrs)
+        return dict(attrs)
+
+    span.redacted_attributes(spy)
+    assert sorted(seen) == [
+        "api_key",
+        "correlation.id",
+        "http.request.method_original",
+        "url.path",
+        "user.email",
+    ]
+
+
+def test_application_attributes_win_over_devkits_own_when_redacted_too() -> None:
+    from devkit.redaction import Redactor
+
+    f, _ = factory()
+    span = f.start_request("GET", "GET", "http", "/x", "cid-1", None)
+    span.set_attribute("http.route", "/custom")
+    f.end_request(span, "/x", 200, None)
+    got = span.redacted_attributes(Redactor().redact_attributes)
+    assert got == span.attributes and got["http.route"] == "/custom"

@@ -158,7 +158,10 @@ class BatchExporter:
     def _redacted(self, span: ReadableSpan) -> ReadableSpan:
         assert self._redact is not None
         try:
-            attributes = self._redact(span.attributes or {})
+            own = getattr(span, "redacted_attributes", None)
+            attributes = (
+                own(self._redact) if own is not None else self._redact(span.attributes or {})
+            )
             events = [
                 Event(e.name, self._redact(e.attributes or {}), e.timestamp) for e in span.events
             ]
