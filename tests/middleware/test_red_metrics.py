@@ -24,15 +24,21 @@ def samples(registry: CollectorRegistry, metric: str) -> dict[tuple[str, tuple[A
     }
 
 
-def test_observe_matches_the_public_api() -> None:
-    registry = CollectorRegistry()
-    red = RedMetrics(registry, buckets=DEFAULT_BUCKETS)
+def reference_metrics() -> tuple[CollectorRegistry, Counter, Histogram]:
+    """The same two metrics written through prometheus-client's public API only."""
     reference = CollectorRegistry()
     labels = ("method", "route", "status_code")
     requests = Counter("http_requests_total", "r", labels, registry=reference)
     duration = Histogram(
         "http_request_duration_seconds", "d", labels, buckets=DEFAULT_BUCKETS, registry=reference
     )
+    return reference, requests, duration
+
+
+def test_observe_matches_the_public_api() -> None:
+    registry = CollectorRegistry()
+    red = RedMetrics(registry, buckets=DEFAULT_BUCKETS)
+    reference, requests, duration = reference_metrics()
     for d in DURATIONS:
         red.observe("GET", "/x", 200, d, False, None)
         requests.labels("GET", "/x", "200").inc()
@@ -55,12 +61,7 @@ def exemplars(registry: CollectorRegistry) -> dict[tuple[str, tuple[Any, ...]], 
 def test_kept_traces_store_the_exemplars_the_public_api_stores() -> None:
     registry = CollectorRegistry()
     red = RedMetrics(registry, buckets=DEFAULT_BUCKETS)
-    reference = CollectorRegistry()
-    labels = ("method", "route", "status_code")
-    requests = Counter("http_requests_total", "r", labels, registry=reference)
-    duration = Histogram(
-        "http_request_duration_seconds", "d", labels, buckets=DEFAULT_BUCKETS, registry=reference
-    )
+    reference, requests, duration = reference_metrics()
     for n, d in enumerate(DURATIONS):
         trace_id = "%032x" % (n + 1)
         red.observe("GET", "/x", 200, d, False, trace_id)

@@ -163,10 +163,40 @@ class ServerSpan(Span):
 
     @property
     def attributes(self) -> dict[str, Any]:
+        return self._attributes(None)
+
+    def redacted_attributes(
+        self, redact: Callable[[Mapping[str, Any]], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """:attr:`attributes` with ``redact`` applied to what can carry PII: the path, the
+        correlation id, an unknown method as sent, and whatever the application set.
+
+        The rest is devkit's own (a method label, the scheme, the route template, the
+        status code, an exception's class name) and is written as it is, as in the
+        access log; redacting it cost more than encoding the span.
+        """
+        if self._request is None:
+            return redact(self._attributes(None))
+        return self._attributes(redact)
+
+    def _attributes(
+        self, redact: Callable[[Mapping[str, Any]], dict[str, Any]] | None
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        extra = self._extra
         request = self._request
         if request is not None:
             method, original, scheme, path, cid = request
+            if redact is not None:
+                untrusted: dict[str, Any] = {"url.path": path, "correlation.id": cid}
+                if original is not None:
+                    untrusted["http.request.method_original"] = original
+                if extra:
+                    untrusted.update(extra)  # the application's values win, as below
+                extra = redact(untrusted)
+                path, cid = extra.pop("url.path"), extra.pop("correlation.id")
+                if original is not None:
+                    original = extra.pop("http.request.method_original")
             out["http.request.method"] = method
             if original is not None:
                 out["http.request.method_original"] = original
@@ -181,44 +211,8 @@ class ServerSpan(Span):
                 out["http.route"] = route
             if error_type is not None:
                 out["error.type"] = error_type
-        if self._extra:
-            out.update(self._extra)
-        return out
-
-    def redacted_attributes(
-        self, redact: Callable[[Mapping[str, Any]], dict[str, Any]]
-    ) -> dict[str, Any]:
-        """:attr:`attributes` with ``redact`` applied to what can carry PII: the path, the
-        correlation id, an unknown method as sent, and whatever the application set.
-
-        The rest is devkit's own (a method label, the scheme, the route template, the
-        status code, an exception's class name) and is written as it is, as in the
-        access log; redacting it cost more than encoding the span.
-        """
-        request, response = self._request, self._response
-        if request is None:
-            return redact(self.attributes)
-        method, original, scheme, path, cid = request
-        untrusted: dict[str, Any] = {"url.path": path, "correlation.id": cid}
-        if original is not None:
-            untrusted["http.request.method_original"] = original
-        if self._extra:
-            untrusted.update(self._extra)
-        cleaned = redact(untrusted)
-        out: dict[str, Any] = {"http.request.method": method}
-        if original is not None:
-            out["http.request.method_original"] = cleaned.pop("http.request.method_original")
-        out["url.scheme"] = scheme
-        out["url.path"] = cleaned.pop("url.path")
-        out["correlation.id"] = cleaned.pop("correlation.id")
-        if response is not None:
-            status, route, error_type = response
-            out["http.response.status_code"] = status
-            if route is not None:
-                out["http.route"] = route
-            if error_type is not None:
-                out["error.type"] = error_type
-        out.update(cleaned)
+        if extra:
+            out.update(extra)
         return out
 
     @property
