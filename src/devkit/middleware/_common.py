@@ -258,72 +258,9 @@ class Instruments:
     ) -> None:
         """Record the request. Never raises: telemetry must not break the response."""
         try:
-            duration = _perf_counter() - ex.start
-            if exc is not None and not isinstance(exc, Exception):
-                # Cancelled (client went away) or interpreter exit: not a server error.
-                error = False
-                status = status or 499
-            else:
-                error = exc is not None or status >= 500
-                if exc is not None and not status:
-                    status = 500
-            if not 100 <= status <= 599:
-                status = 500 if error else 499
-
-            trace_id: str | None = None
-            span = ex.span
-            if span is not None:
-                error_type = None
-                if error:
-                    error_type = _qualified(exc) if exc is not None else str(status)
-                    if exc is not None:
-                        span.record_exception(exc)
-                assert self.server_spans is not None
-                kept = self.server_spans.end_request(
-                    span, route, status, error_type, span.start_time + int(duration * 1e9)
-                )
-                if kept and self.exemplars:
-                    trace_id = "%032x" % span.trace_id
-
-            if route is None:
-                route = UNMATCHED
-            if self.metrics is not None:
-                self.metrics.observe(
-                    ex.method_label, route, status, duration, error, trace_id, ex.in_progress
-                )
-
-            logs = self.logs
-            if logs is not None:
-                if error:
-                    level = "error"
-                elif status >= 400:
-                    level = "warn"
-                else:
-                    level = "info"
-                if self._access_levels[level]:
-                    path = (
-                        ex.path if len(ex.path) <= _MAX_LOGGED_PATH else ex.path[:_MAX_LOGGED_PATH]
-                    )
-                    if ex.query:
-                        path = f"{path}?{redact_query(ex.query)}"
-                    if self.redactor is not None:
-                        path = self.redactor.redact_str(path)
-                    # Every field is devkit's own (a method label, a route template,
-                    # numbers) or redacted above (the path).
-                    logs.access(
-                        level,
-                        ex.method_label,
-                        route,
-                        path,
-                        status,
-                        duration,
-                        ex.trace_id,
-                        ex.span_id,
-                        ex.cid,
-                        exc if error else None,
-                    )
-        except Exception as failure:
-            _errors.report("middleware", "finish_failed", failure)
+            self._finish(ex, route, status, exc)
+        except Exception as error:
+            _errors.report("middleware", "finish_failed", error)
         finally:
             self._in_flight -= 1
             if ex.token is not None:
@@ -335,6 +272,73 @@ class Instruments:
                 _context.correlation_id.reset(ex.cid_token)
             except ValueError:
                 pass
+
+    def _finish(
+        self, ex: Exchange, route: str | None, status: int, exc: BaseException | None
+    ) -> None:
+        duration = _perf_counter() - ex.start
+        if exc is not None and not isinstance(exc, Exception):
+            # Cancelled (client went away) or interpreter exit: not a server error.
+            error = False
+            status = status or 499
+        else:
+            error = exc is not None or status >= 500
+            if exc is not None and not status:
+                status = 500
+        if not 100 <= status <= 599:
+            status = 500 if error else 499
+
+        trace_id: str | None = None
+        span = ex.span
+        if span is not None:
+            error_type = None
+            if error:
+                error_type = _qualified(exc) if exc is not None else str(status)
+                if exc is not None:
+                    span.record_exception(exc)
+            assert self.server_spans is not None
+            kept = self.server_spans.end_request(
+                span, route, status, error_type, span.start_time + int(duration * 1e9)
+            )
+            if kept and self.exemplars:
+                trace_id = "%032x" % span.trace_id
+
+        if route is None:
+            route = UNMATCHED
+        if self.metrics is not None:
+            self.metrics.observe(
+                ex.method_label, route, status, duration, error, trace_id, ex.in_progress
+            )
+
+        logs = self.logs
+        if logs is not None:
+            if error:
+                level = "error"
+            elif status >= 400:
+                level = "warn"
+            else:
+                level = "info"
+            if not self._access_levels[level]:
+                return
+            path = ex.path if len(ex.path) <= _MAX_LOGGED_PATH else ex.path[:_MAX_LOGGED_PATH]
+            if ex.query:
+                path = f"{path}?{redact_query(ex.query)}"
+            if self.redactor is not None:
+                path = self.redactor.redact_str(path)
+            # Every field is devkit's own (a method label, a route template, numbers) or
+            # redacted above (the path).
+            logs.access(
+                level,
+                ex.method_label,
+                route,
+                path,
+                status,
+                duration,
+                ex.trace_id,
+                ex.span_id,
+                ex.cid,
+                exc if error else None,
+            )
 
     def _extract(self, get_header: Callable[[str], Sequence[str]]) -> Context:
         if self._propagators_from_env:

@@ -229,7 +229,7 @@ class TailSamplingProcessor(SpanProcessor):
         """The request's server span ended (a local root): decide its trace now.
 
         The common case — no other span of the trace seen — takes no buffer entry and
-        decides inline. ``error`` is the middleware's verdict (5xx or an unhandled
+        looks nothing else up. ``error`` is the middleware's verdict (5xx or an unhandled
         exception). Returns whether the trace is kept (exemplars link only to kept traces).
         """
         ctx = span.context
@@ -245,20 +245,8 @@ class TailSamplingProcessor(SpanProcessor):
         with self._lock:
             if self._pending or trace_id in self._decided or trace_id in self._watched:
                 keep, to_export = self._root_end_locked(span, trace_id, error)
-            else:
-                # _decide_root, inline: every request comes this way.
-                if error:
-                    decision = "kept_error"
-                elif span.end_time - span.start_time >= self._slow_ns:  # type: ignore[operator]
-                    decision = "kept_slow"
-                elif ctx.trace_flags & TraceFlags.SAMPLED:
-                    decision = "kept_sampled"
-                else:
-                    decision = "dropped"
-                decisions = self._decisions
-                decisions[decision] = decisions.get(decision, 0) + 1
-                self._uncounted += 1
-                keep = decision != "dropped"
+            else:  # the common case: nothing else of this trace to look up or expire
+                keep = self._decide_root(span, error)
                 if keep:
                     to_export = (span,)
             span.kept = keep  # type: ignore[attr-defined]  # for children started later
