@@ -288,26 +288,20 @@ class RedMetrics:
             # devkit write to these values holds it (see _plain_value).
             total, count, buckets, bounds = plain
             bucket = buckets[_bisect_left(bounds, duration_s)]
-            if trace_id is None:
-                with self._lock:
-                    total._value += 1.0
-                    count._value += duration_s
-                    bucket._value += 1.0
-                    if started is not None:
-                        started._value -= 1.0
-            else:
+            kept = None
+            if trace_id is not None:
                 # What inc(1, exemplar) and observe(duration, exemplar) store, without
                 # re-validating a label devkit wrote (a 32-hex trace id).
-                labels = {"trace_id": trace_id}
-                now = time.time()
-                with self._lock:
-                    total._value += 1.0
-                    total._exemplar = Exemplar(labels, 1, now)
-                    count._value += duration_s
-                    bucket._value += 1.0
-                    bucket._exemplar = Exemplar(labels, duration_s, now)
-                    if started is not None:
-                        started._value -= 1.0
+                labels, now = {"trace_id": trace_id}, time.time()
+                kept = (Exemplar(labels, 1, now), Exemplar(labels, duration_s, now))
+            with self._lock:
+                total._value += 1.0
+                count._value += duration_s
+                bucket._value += 1.0
+                if started is not None:
+                    started._value -= 1.0
+                if kept is not None:
+                    total._exemplar, bucket._exemplar = kept
         else:
             with self._lock:
                 if trace_id is None:
@@ -401,9 +395,8 @@ def _plain_value(child: Any, attribute: str = "_value", index: int | None = None
     acquisition per request instead of five to seven). That is equivalent as long as every
     write to these values holds devkit's lock — devkit's children are written only by
     :class:`RedMetrics` — and readers, which take the value's lock, see one whole float
-    (one whole exemplar) either way. Any other value
-    type (multiprocess mode's mmap-backed values, another client version) goes through
-    the public API.
+    (one whole exemplar) either way. Any other value type (multiprocess mode's
+    mmap-backed values, another client version) goes through the public API.
     """
     value = getattr(child, attribute, None)
     if index is not None:
