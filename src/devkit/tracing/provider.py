@@ -212,8 +212,11 @@ def build_exporter(settings: Settings, environ: Mapping[str, str]) -> SpanExport
                 "otlp with the exporter installed: pip install 'devkit-observability[otlp]'",
             ) from None
         from devkit.tracing.otlp import FastOTLPExporter
+        from devkit.tracing.transport import use_keep_alive
 
-        return FastOTLPExporter(OTLPSpanExporter())
+        exporter = OTLPSpanExporter()
+        use_keep_alive(exporter)
+        return FastOTLPExporter(exporter)
     if protocol == "grpc":
         try:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]

@@ -1,0 +1,321 @@
+"""The keep-alive transport: installed only where nothing but the cost changes, and the
+exporter's posts arrive as they did through ``requests`` (a real HTTP server here)."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+from devkit.tracing import transport as transport_module
+from devkit.tracing.transport import KeepAliveTransport, use_keep_alive
+
+_PROXY_VARIABLES = (
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "NETRC",
+)
+
+
+@dataclass
+class Collector:
+    """An HTTP/1.1 (keep-alive) server recording each POST and the connection it came on."""
+
+    status: int = 200
+    reply: bytes = b""
+    close_after_reply: bool = False
+    posts: list[tuple[tuple[str, int], dict[str, str], bytes]] = field(default_factory=list)
+    server: http.server.ThreadingHTTPServer | None = None
+
+    @property
+    def endpoint(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+
+    def start(self) -> Collector:
+        collector = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                collector.posts.append((self.client_address, headers, body))
+                self.send_response(collector.status)
+                self.send_header("Content-Length", str(len(collector.reply)))
+                if collector.close_after_reply:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                self.end_headers()
+                self.wfile.write(collector.reply)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def connections(self) -> set[tuple[str, int]]:
+        return {address for address, _, _ in self.posts}
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    server = Collector().start()
+    yield server
+    assert server.server is not None
+    server.server.shutdown()
+    server.server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc of the machine's
+
+
+@pytest.fixture
+def keep_alive_exporter() -> Iterator[Callable[..., OTLPSpanExporter]]:
+    """OTLP/HTTP exporters with the keep-alive transport, shut down after the test."""
+    made: list[OTLPSpanExporter] = []
+
+    def make(endpoint: str, **options: Any) -> OTLPSpanExporter:
+        exporter = OTLPSpanExporter(endpoint=endpoint, **options)
+        assert use_keep_alive(exporter)
+        made.append(exporter)
+        return exporter
+
+    yield make
+    for exporter in made:
+        exporter.shutdown()
+
+
+# -- where it is installed -----------------------------------------------------------------
+
+
+def test_installed_for_a_plain_http_endpoint() -> None:
+    exporter = OTLPSpanExporter(endpoint="http://collector:4318/v1/traces")
+    assert use_keep_alive(exporter)
+    assert isinstance(exporter._client._transport, KeepAliveTransport)
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"HTTP_PROXY": "http://proxy:3128"},
+        {"http_proxy": "http://proxy:3128", "no_proxy": "elsewhere"},
+        {"ALL_PROXY": "http://proxy:3128"},
+    ],
+)
+def test_not_installed_where_requests_would_use_a_proxy(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str]
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    exporter = OTLPSpanExporter(endpoint="http://collector:4318/v1/traces")
+    assert not use_keep_alive(exporter)
+    assert not isinstance(exporter._client._transport, KeepAliveTransport)
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"HTTP_PROXY": "http://proxy:3128", "NO_PROXY": "collector"},
+        {"HTTPS_PROXY": "http://proxy:3128"},  # applies to https:// only
+    ],
+)
+def test_installed_where_no_proxy_applies(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str]
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert use_keep_alive(OTLPSpanExporter(endpoint="http://collector:4318/v1/traces"))
+
+
+def test_not_installed_where_netrc_gives_credentials(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine collector login user password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert not use_keep_alive(OTLPSpanExporter(endpoint="http://collector:4318/v1/traces"))
+    assert use_keep_alive(OTLPSpanExporter(endpoint="http://other:4318/v1/traces"))
+
+
+def test_not_installed_for_https_custom_sessions_or_other_transports() -> None:
+    assert not use_keep_alive(OTLPSpanExporter(endpoint="https://collector:4318/v1/traces"))
+
+    class Signing(requests.Session):
+        pass
+
+    assert not use_keep_alive(
+        OTLPSpanExporter(endpoint="http://collector:4318/v1/traces", session=Signing())
+    )
+    authed = requests.Session()
+    authed.auth = ("user", "secret")
+    assert not use_keep_alive(
+        OTLPSpanExporter(endpoint="http://collector:4318/v1/traces", session=authed)
+    )
+    other = OTLPSpanExporter(
+        endpoint="http://collector:4318/v1/traces", _transport=Urllib3HTTPTransport()
+    )
+    assert not use_keep_alive(other)
+    assert isinstance(other._client._transport, Urllib3HTTPTransport)
+    assert not use_keep_alive(object())
+
+
+# -- what the collector sees -----------------------------------------------------------------
+
+
+def test_posts_reuse_one_connection_and_carry_the_exporters_headers(
+    keep_alive_exporter: Callable[..., OTLPSpanExporter],
+    collector: Collector,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-tenant=acme")
+    exporter = keep_alive_exporter(collector.endpoint)
+    for n in range(5):
+        assert exporter._client.export(b"batch %d" % n).success
+    assert [body for _, _, body in collector.posts] == [b"batch %d" % n for n in range(5)]
+    assert len(collector.connections()) == 1
+    _, headers, _ = collector.posts[0]
+    assert headers["content-type"] == "application/x-protobuf"
+    assert headers["x-tenant"] == "acme"
+    assert headers["user-agent"].startswith("OTel-OTLP-Exporter-Python")
+
+
+def test_compression_stays_the_exporters(
+    keep_alive_exporter: Callable[..., OTLPSpanExporter], collector: Collector
+) -> None:
+    exporter = keep_alive_exporter(collector.endpoint, compression=Compression.Gzip)
+    assert exporter._client.export(b"spans" * 100).success
+    _, headers, body = collector.posts[0]
+    assert headers["content-encoding"] == "gzip"
+    assert gzip.decompress(body) == b"spans" * 100
+
+
+def test_a_connection_the_collector_closed_is_reopened(
+    keep_alive_exporter: Callable[..., OTLPSpanExporter], collector: Collector
+) -> None:
+    collector.close_after_reply = True
+    exporter = keep_alive_exporter(collector.endpoint)
+    for _ in range(3):
+        assert exporter._client.export(b"x").success
+    assert len(collector.posts) == 3
+    assert len(collector.connections()) == 3
+
+
+def test_an_idle_connection_dropped_under_it_costs_a_reconnect_not_the_batch(
+    keep_alive_exporter: Callable[..., OTLPSpanExporter],
+    collector: Collector,
+) -> None:
+    exporter = keep_alive_exporter(collector.endpoint)
+    assert exporter._client.export(b"first").success
+    transport = exporter._client._transport
+    assert transport._conn is not None and transport._conn.sock is not None
+    transport._conn.sock.close()  # as when the collector's idle timeout closed it
+    assert exporter._client.export(b"second").success
+    assert [body for _, _, body in collector.posts] == [b"first", b"second"]
+
+
+def test_rejected_batches_fail_and_are_not_retried(
+    keep_alive_exporter: Callable[..., OTLPSpanExporter], collector: Collector
+) -> None:
+    collector.status = 400
+    exporter = keep_alive_exporter(collector.endpoint)
+    result = exporter._client.export(b"x")
+    assert not result.success
+    assert result.status_code == 400
+    assert len(collector.posts) == 1
+
+
+def test_retryable_status_is_retried_with_the_exporters_backoff(
+    keep_alive_exporter: Callable[..., OTLPSpanExporter],
+    collector: Collector,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    collector.status = 503
+    exporter = keep_alive_exporter(collector.endpoint, timeout=0.5)
+    monkeypatch.setattr(exporter._client, "_compute_backoff", lambda retry: 0.05)
+    result = exporter._client.export(b"x")
+    assert not result.success
+    assert len(collector.posts) >= 2  # retried, then gave up within the timeout
+
+
+def test_a_response_beyond_the_bound_is_cut_and_the_connection_dropped(
+    keep_alive_exporter: Callable[..., OTLPSpanExporter],
+    collector: Collector,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transport_module, "MAX_RESPONSE_BYTES", 16)
+    collector.reply = b"r" * 1000
+    exporter = keep_alive_exporter(collector.endpoint)
+    transport = exporter._client._transport
+    result = transport.request("POST", collector.endpoint, data=b"x", timeout=5)
+    assert result.status_code == 200
+    assert result.content() == b"r" * 16
+    assert transport._conn is None
+    assert exporter._client.export(b"y").success
+    assert len(collector.connections()) == 2
+
+
+def test_a_dead_endpoint_is_a_connection_error_not_an_exception(
+    keep_alive_exporter: Callable[..., OTLPSpanExporter],
+) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    exporter = keep_alive_exporter(f"http://127.0.0.1:{port}/v1/traces", timeout=0.5)
+    transport = exporter._client._transport
+    result = transport.request("POST", exporter._endpoint, data=b"x", timeout=0.5)
+    assert result.error is not None and result.status_code is None
+    assert transport.is_connection_error(result.error)
+    assert not exporter._client.export(b"x").success
+
+
+def test_a_forked_child_opens_its_own_connection(
+    keep_alive_exporter: Callable[..., OTLPSpanExporter], collector: Collector
+) -> None:
+    exporter = keep_alive_exporter(collector.endpoint)
+    assert exporter._client.export(b"parent").success
+    transport = exporter._client._transport
+    parent_conn = transport._conn
+    transport._pid = -1  # what a child sees: the connection belongs to another process
+    assert exporter._client.export(b"child").success
+    assert transport._conn is not parent_conn
+    assert len(collector.connections()) == 2
+    parent_conn.close()  # the parent's to close, in a real fork
+
+
+def test_other_urls_go_to_the_exporters_own_transport(
+    keep_alive_exporter: Callable[..., OTLPSpanExporter], collector: Collector
+) -> None:
+    exporter = keep_alive_exporter(collector.endpoint)
+    transport = exporter._client._transport
+    other = collector.endpoint.replace("/v1/traces", "/elsewhere")
+    result = transport.request("POST", other, data=b"x", timeout=5)
+    assert result.status_code == 200
+    assert type(result).__module__.endswith("_requests")
