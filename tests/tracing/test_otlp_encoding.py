@@ -75,7 +75,32 @@ def test_server_span_from_the_request_path() -> None:
     span.set_attribute("user.id", 7)
     span.add_event("cache miss", {"key": "k", "hit": False})
     factory.end_request(span, "/items/{id}", 503, "503")
-    assert_same([span, span.to_readable()])
+    span.add_link(SpanContext(8, 9, True, TraceFlags(1)), {"l": 1})  # ended: ignored
+    assert_same([span, span.to_readable(), span.for_export(), span.for_export(redact)])
+
+
+def redact(attributes: Any) -> dict[str, Any]:
+    return {key: "[REDACTED]" if key == "url.path" else value for key, value in attributes.items()}
+
+
+def test_plain_export_spans_go_to_a_wrapped_exporter_as_sdk_spans() -> None:
+    class Recording(OTLPSpanExporter):
+        def __init__(self) -> None:
+            self.got: list[Any] = []
+
+        def export(self, spans: Any) -> SpanExportResult:
+            self.got.extend(spans)
+            return SpanExportResult.SUCCESS
+
+    factory = ServerSpanFactory(ratio=1.0, resource=lambda: RESOURCE, on_end=lambda s: None)
+    span = factory.start_request("GET", "GET", "http", "/items/1", "cid", None)
+    factory.end_request(span, "/items/{id}", 200, None)
+    wrapped = Recording()
+    exporter = FastOTLPExporter(wrapped)
+    assert not exporter.fast  # not the stock class: every batch falls back
+    assert exporter.export([span.for_export(redact)]) is SpanExportResult.SUCCESS
+    assert [type(s) for s in wrapped.got] == [ReadableSpan]
+    assert dict(wrapped.got[0].attributes)["url.path"] == "[REDACTED]"
 
 
 def test_every_field_and_value_type() -> None:

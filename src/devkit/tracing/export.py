@@ -69,6 +69,8 @@ class BatchExporter:
         self._delay = schedule_delay_s
         self._redact = redact
         self._on_drop = on_drop or (lambda reason, n: None)
+        #: The exporter encodes devkit's plain export spans itself (devkit's OTLP encoder).
+        self._plain_spans = bool(getattr(exporter, "takes_export_spans", False))
         self._init_state()
         _instances.add(self)
         if not _fork_hook_registered:
@@ -134,47 +136,45 @@ class BatchExporter:
                     self._cond.notify_all()
 
     def _export(self, batch: list[ReadableSpan]) -> None:
-        if self._redact is not None:
-            batch = [r for r in (self._redacted(span) for span in batch) if r is not None]
-        else:
-            # devkit's lean server spans become SDK spans only here, for kept traces.
-            batch = [s.to_readable() if hasattr(s, "to_readable") else s for s in batch]
+        prepared = [p for p in map(self._prepared, batch) if p is not None]
         token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
         try:
-            result = self._exporter.export(batch)
+            result = self._exporter.export(prepared)
         except Exception as exc:
             # Not re-raised even under devkit's tests: this is the export thread.
             _errors.report("exporter", "export_raised", detail=f"{type(exc).__name__}: {exc}")
-            self._on_drop("export_failed", len(batch))
+            self._on_drop("export_failed", len(prepared))
         else:
             if result is SpanExportResult.SUCCESS:
-                self.exported += len(batch)
+                self.exported += len(prepared)
             else:
                 _errors.report("exporter", "export_failed")
-                self._on_drop("export_failed", len(batch))
+                self._on_drop("export_failed", len(prepared))
         finally:
             detach(token)
 
-    def _redacted(self, span: ReadableSpan) -> ReadableSpan:
-        assert self._redact is not None
+    def _prepared(self, span: ReadableSpan) -> ReadableSpan | None:
+        """``span`` redacted, as the exporter takes it; None (dropped and counted) when
+        redaction fails: never export an unredacted span."""
+        redact = self._redact
         try:
-            own = getattr(span, "redacted_attributes", None)
-            attributes = (
-                own(self._redact) if own is not None else self._redact(span.attributes or {})
-            )
-            events = [
-                Event(e.name, self._redact(e.attributes or {}), e.timestamp) for e in span.events
-            ]
-            readable = getattr(span, "to_readable", None)
-            if readable is not None:
-                return readable(attributes, events)  # type: ignore[no-any-return]
+            # devkit's lean server spans: plain export spans for devkit's encoder, SDK
+            # spans (built only here, for kept traces) for any other exporter.
+            for_export = getattr(span, "for_export", None)
+            if for_export is not None:
+                exported = for_export(redact)
+                return exported if self._plain_spans else exported.to_readable()  # type: ignore[no-any-return]
+            if redact is None:
+                return span
             return ReadableSpan(
                 name=span.name,
                 context=span.context,
                 parent=span.parent,
                 resource=span.resource,
-                attributes=attributes,
-                events=events,
+                attributes=redact(span.attributes or {}),
+                events=[
+                    Event(e.name, redact(e.attributes or {}), e.timestamp) for e in span.events
+                ],
                 links=span.links,
                 kind=span.kind,
                 status=span.status,
@@ -183,10 +183,9 @@ class BatchExporter:
                 instrumentation_scope=span.instrumentation_scope,
             )
         except Exception as exc:
-            # Never export an unredacted span: drop it and count.
             _errors.report("exporter", "redaction_failed", detail=str(exc))
             self._on_drop("redaction_failed", 1)
-            return None  # type: ignore[return-value]
+            return None
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
+from devkit.tracing.span import ExportSpan
+
 __all__ = ["FastOTLPExporter", "encode_spans"]
 
 _KIND = {
@@ -275,6 +277,10 @@ def encode_spans(spans: Sequence[Any]) -> bytes:
 class FastOTLPExporter(SpanExporter):
     """The OTLP/HTTP exporter with devkit's encoder in front (see the module docstring)."""
 
+    #: devkit's export thread may hand over ``ExportSpan`` objects (plain fields) as well
+    #: as SDK spans; the wrapped exporter gets SDK spans only.
+    takes_export_spans = True
+
     def __init__(self, exporter: SpanExporter) -> None:
         self.exporter = exporter
         self._encoder = _Encoder()
@@ -304,7 +310,8 @@ class FastOTLPExporter(SpanExporter):
 
     def _fallback(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self.fallback_batches += 1
-        return self.exporter.export(spans)
+        readable = [s.to_readable() if isinstance(s, ExportSpan) else s for s in spans]
+        return self.exporter.export(readable)
 
     def shutdown(self) -> None:
         self.exporter.shutdown()
