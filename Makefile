@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 EXTRAS := dev,otlp,fastapi,flask,django,bench
 
-.PHONY: test lint typecheck unit demo bench bench-quick clean
+.PHONY: test lint typecheck unit demo bench bench-quick bench-paired clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks --quick --gate
+
+bench-paired: $(STAMP)
+	$(BIN)/python -m benchmarks.paired --bursts 40
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -21,7 +21,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from benchmarks import __main__ as bench_main  # noqa: E402
-from benchmarks import instructions, report, runner, server, server_app, stats  # noqa: E402
+from benchmarks import instructions, paired, report, runner, server, server_app, stats  # noqa: E402
 from benchmarks.drivers import batch_sizes, calibrate, normalised  # noqa: E402
 from benchmarks.receiver import Receiver, Traffic  # noqa: E402
 from benchmarks.suites import SUITES  # noqa: E402
@@ -416,3 +416,47 @@ def test_instruction_counts_reject_unknown_parts(capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit):
         instructions.main(["--off", "logs,db"])
     assert "not db" in capsys.readouterr().err
+
+
+def _bursts(rps: list[float], cpu: list[float]) -> list[paired.Burst]:
+    return [paired.Burst(r, 3.0, c) for r, c in zip(rps, cpu, strict=True)]
+
+
+def test_paired_ratios_take_each_burst_over_the_bare_burst_of_its_round() -> None:
+    bare = _bursts([1000, 2000, 1000, 2000], [100, 50, 100, 50])
+    devkit = _bursts([700, 1400, 800, 1200], [140, 70, 125, 80])
+    summary = paired.paired_summary(devkit, bare, random.Random(1))
+    rps = summary["requests_per_s"]
+    assert rps["ratios"] == pytest.approx([0.7, 0.7, 0.8, 0.6])
+    assert rps["median"] == pytest.approx(0.7)
+    low, high = rps["interval_95"]
+    assert 0.6 <= low <= rps["median"] <= high <= 0.8
+    assert summary["cpu"]["ratios"] == pytest.approx([100 / 140, 50 / 70, 0.8, 50 / 80])
+
+
+def test_paired_ratios_need_the_same_bursts_of_both() -> None:
+    with pytest.raises(ValueError, match="same"):
+        paired.paired_summary(
+            _bursts([1.0], [1.0]), _bursts([1.0, 1.0], [1.0, 1.0]), random.Random()
+        )
+    with pytest.raises(ValueError, match="non-zero"):
+        paired.paired_summary([], [], random.Random())
+
+
+def test_bootstrap_interval_is_within_the_values_and_narrows_with_agreement() -> None:
+    rng = random.Random(7)
+    spread = [0.5, 0.6, 0.7, 0.8, 0.9] * 4
+    low, high = paired.bootstrap_median_interval(spread, rng)
+    assert 0.5 <= low <= 0.7 <= high <= 0.9
+    assert paired.bootstrap_median_interval([0.71] * 9, rng) == (0.71, 0.71)
+    with pytest.raises(ValueError, match="no values"):
+        paired.bootstrap_median_interval([], rng)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--bursts", "1"], ["--burst-s", "0"], ["--env", "NOEQUALS"], ["--env", "=x"]]
+)
+def test_paired_command_line_rejects_bad_arguments(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        paired.main(argv)
+    assert exc.value.code == 2

@@ -1,0 +1,246 @@
+"""Server level, paired: one live server per variant, short wrk bursts alternated between them.
+
+``python -m benchmarks.paired [--variant devkit] [--bursts 20] [--burst-s 2] [--env K=V]``
+
+The server suite starts a fresh server for each 8 s round; on a shared machine whose
+speed drifts within seconds, five such rounds resolve devkit's ``x bare`` to about
+±0.1. Here each variant's server (the bare app's included) is started once and kept up,
+and the bursts alternate between them, in reversed order every other round (A B, B A,
+...), so every burst of a variant has a bare burst seconds away. The figure read is the
+*paired ratio*: each burst's requests per second over the bare burst of the same round,
+summarised by its median, interquartile range and a 95 % bootstrap interval of the
+median; the same for server CPU per request (bare over variant, so that higher is better
+in both). Short bursts understate the p99 (an export batch may fall between two bursts),
+so latency is read from the server suite. Results go to stdout and, with ``--json``, to a
+file. Needs ``wrk``; takes bursts x variants x burst length, plus start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import runner, server
+from benchmarks.receiver import Receiver
+from benchmarks.server_app import ENDPOINT_ENV, VARIANT_ENV
+
+__all__ = ["Burst", "bootstrap_median_interval", "main", "paired_summary"]
+
+
+@dataclass(frozen=True)
+class Burst:
+    """One wrk burst against one live server."""
+
+    requests_per_s: float
+    p99_ms: float
+    cpu_us_per_request: float
+
+
+@dataclass
+class _Live:
+    variant: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    bursts: list[Burst] = field(default_factory=list)
+    exit_status: int | None = None
+
+
+def bootstrap_median_interval(
+    values: Sequence[float], rng: random.Random, resamples: int = 2000, level: float = 0.95
+) -> tuple[float, float]:
+    """A percentile-bootstrap interval for the median of ``values``."""
+    if not values:
+        raise ValueError("no values")
+    n = len(values)
+    medians = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(resamples))
+    tail = (1.0 - level) / 2.0
+    low = medians[int(tail * (resamples - 1))]
+    high = medians[int((1.0 - tail) * (resamples - 1))]
+    return low, high
+
+
+def paired_summary(
+    variant: Sequence[Burst], bare: Sequence[Burst], rng: random.Random
+) -> dict[str, Any]:
+    """Per-round ratios to the bare app: throughput (variant/bare) and CPU (bare/variant)."""
+    if len(variant) != len(bare) or not variant:
+        raise ValueError("paired ratios need the same, non-zero number of bursts of both")
+    out: dict[str, Any] = {}
+    for name, ratios in (
+        (
+            "requests_per_s",
+            [v.requests_per_s / b.requests_per_s for v, b in zip(variant, bare, strict=True)],
+        ),
+        (
+            "cpu",
+            [
+                b.cpu_us_per_request / v.cpu_us_per_request
+                for v, b in zip(variant, bare, strict=True)
+            ],
+        ),
+    ):
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        out[name] = {
+            "median": statistics.median(ratios),
+            "iqr": [quartiles[0], quartiles[2]],
+            "interval_95": list(bootstrap_median_interval(ratios, rng)),
+            "ratios": ratios,
+        }
+    return out
+
+
+def _start(variant: str, endpoint: str, env: dict[str, str], extra: dict[str, str]) -> _Live:
+    port = server._free_port()
+    server_env = {
+        **env,
+        **extra,
+        VARIANT_ENV: variant,
+        ENDPOINT_ENV: endpoint,
+    }
+    proc = subprocess.Popen(
+        server.command(port),
+        cwd=runner.ROOT,
+        env=server_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return _Live(variant, proc, port)
+
+
+def _burst(live: _Live, seconds: int, load: server.LoadSettings) -> Burst:
+    cpu_before = server._cpu_seconds(live.proc.pid)
+    result = server._run_wrk(live.port, seconds, load)
+    cpu_s = server._cpu_seconds(live.proc.pid) - cpu_before
+    if result.requests == 0 or result.errors:
+        raise RuntimeError(f"{live.variant}: {result.requests} requests, {result.errors} errors")
+    return Burst(result.requests_per_s, result.latency_ms[99], cpu_s * 1e6 / result.requests)
+
+
+def run(
+    variants: Sequence[str],
+    bursts: int,
+    burst_s: int,
+    extra_env: dict[str, str],
+    load: server.LoadSettings,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Start ``bare`` and each variant, alternate the bursts, summarise the pairs."""
+    reason = server.unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(reason)
+    started = time.monotonic()
+    receiver = Receiver().start()
+    env = {**runner._worker_env(), **runner._SERVER_ENV}
+    lives: list[_Live] = []
+    try:
+        for variant in ("bare", *variants):
+            lives.append(_start(variant, receiver.endpoint, env, extra_env))
+        for live in lives:
+            server._wait_ready(live.proc, live.port)
+            server._run_wrk(live.port, load.warmup_s, load)
+        for r in range(bursts):
+            for live in lives if r % 2 == 0 else lives[::-1]:
+                live.bursts.append(_burst(live, burst_s, load))
+    finally:
+        for live in lives:
+            live.exit_status, _ = server._stop(live.proc)
+        receiver.stop()
+    rng = random.Random(seed)
+    bare = lives[0]
+    return {
+        "bursts": bursts,
+        "burst_s": burst_s,
+        "load": f"wrk -t{load.threads} -c{load.connections} -d{burst_s}s per burst, "
+        f"after a {load.warmup_s} s warm-up per server",
+        "env": extra_env,
+        "seconds": round(time.monotonic() - started, 1),
+        "variants": {
+            live.variant: {
+                "requests_per_s": statistics.median(b.requests_per_s for b in live.bursts),
+                "p99_ms": statistics.median(b.p99_ms for b in live.bursts),
+                "cpu_us_per_request": statistics.median(b.cpu_us_per_request for b in live.bursts),
+                "exit_status": live.exit_status,
+                **(
+                    {"paired": paired_summary(live.bursts, bare.bursts, rng)}
+                    if live is not bare
+                    else {}
+                ),
+            }
+            for live in lives
+        },
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    lines = [
+        f"server level, paired: {result['bursts']} bursts of {result['burst_s']} s per "
+        f"variant, alternating between live servers ({result['load']}), "
+        f"{result['seconds']} s",
+        "",
+        "| variant | req/s | server CPU µs/req | x bare req/s, paired median | IQR | 95 % "
+        "interval | CPU x bare, paired median | 95 % interval |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name, v in result["variants"].items():
+        paired = v.get("paired")
+        if paired is None:
+            cells = ["1.000", "", "", "1.000", ""]
+        else:
+            rps, cpu = paired["requests_per_s"], paired["cpu"]
+            cells = [
+                f"{rps['median']:.3f}",
+                "{:.3f}-{:.3f}".format(*rps["iqr"]),
+                "{:.3f}-{:.3f}".format(*rps["interval_95"]),
+                f"{cpu['median']:.3f}",
+                "{:.3f}-{:.3f}".format(*cpu["interval_95"]),
+            ]
+        lines.append(
+            f"| {name} | {v['requests_per_s']:,.0f} | {v['cpu_us_per_request']:.1f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.paired")
+    parser.add_argument("--variant", action="append", help="ASGI variant(s); default devkit")
+    parser.add_argument("--bursts", type=int, default=20, help="bursts per variant (20)")
+    parser.add_argument("--burst-s", type=int, default=2, help="seconds per burst (2)")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="for every server"
+    )
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    args = parser.parse_args(argv)
+    if args.bursts < 2 or args.burst_s < 1:
+        parser.error("--bursts takes at least 2, --burst-s at least 1")
+    extra: dict[str, str] = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--env takes KEY=VALUE, not {item!r}")
+        extra[key] = value
+    try:
+        result = run(
+            args.variant or ["devkit"], args.bursts, args.burst_s, extra, server.LoadSettings()
+        )
+    except RuntimeError as exc:
+        print(f"paired run failed: {exc}", file=sys.stderr)
+        return 2
+    print(render(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

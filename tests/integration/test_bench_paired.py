@@ -1,0 +1,48 @@
+"""The paired server-level benchmark end to end: real uvicorn servers, real wrk bursts.
+
+Nothing here is timed or compared with a threshold (the machine is shared); the test
+checks that every burst was measured and paired, and that every server was stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_paired_run_measures_and_pairs_every_burst(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        reason = "wrk not installed: .ci/run installs the Debian package"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    out = tmp_path / "paired.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.paired", "--bursts", "2", "--burst-s", "1",
+         "--env", "DEVKIT_SAMPLE_SUCCESS_RATIO=1.0", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| devkit |" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["bursts"] == 2 and result["env"] == {"DEVKIT_SAMPLE_SUCCESS_RATIO": "1.0"}
+    assert set(result["variants"]) == {"bare", "devkit"}
+    devkit = result["variants"]["devkit"]
+    assert devkit["requests_per_s"] > 0 and devkit["cpu_us_per_request"] > 0
+    ratios = devkit["paired"]["requests_per_s"]["ratios"]
+    assert len(ratios) == 2 and all(r > 0 for r in ratios)
+    low, high = devkit["paired"]["requests_per_s"]["interval_95"]
+    assert min(ratios) <= low <= high <= max(ratios)
+    # Every server was stopped and exited cleanly (uvicorn re-raises SIGTERM after its
+    # graceful shutdown).
+    assert {v["exit_status"] for v in result["variants"].values()} <= {0, -15}
