@@ -10,8 +10,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from devkit.redaction import Redactor
-from devkit.tracing.export import BatchExporter
-from devkit.tracing.span import ExportSpan, ServerSpan, ServerSpanFactory
+from devkit.tracing.export import BatchExporter, ExportSpan
+from devkit.tracing.span import ServerSpan, ServerSpanFactory
 
 RESOURCE = Resource.create({"service.name": "svc"})
 
@@ -105,4 +105,39 @@ def test_a_full_queue_and_a_raising_exporter_are_counted() -> None:
     exporter([server_span()])  # the export thread survived the exception
     assert exporter.force_flush(5)
     assert drops.count(("export_failed", 1)) == 1
+    exporter.shutdown(1)
+
+
+_FIELDS = (
+    "name", "context", "parent", "kind", "status", "start_time", "end_time", "resource",
+    "instrumentation_scope", "dropped_attributes", "dropped_events", "dropped_links",
+)  # fmt: skip
+
+
+def test_export_spans_carry_what_the_sdk_span_built_from_them_says() -> None:
+    """For devkit's server span and for an SDK span: every field the encoder reads."""
+    with TracerProvider().get_tracer("t").start_as_current_span("child") as child:
+        child.add_event("e", {"k": 1})
+    sources: list[Any] = [server_span(), child]
+    for span in sources:
+        exported = ExportSpan(span, {"a": "redacted"}, list(span.events))
+        readable = exported.to_readable()
+        for name in _FIELDS:
+            assert getattr(exported, name) == getattr(readable, name) == getattr(span, name, 0)
+        assert exported.attributes == dict(readable.attributes or {}) == {"a": "redacted"}
+        assert list(exported.events) == list(readable.events) == list(span.events)
+        assert list(exported.links) == list(readable.links) == list(span.links)
+
+
+def test_without_redaction_sdk_spans_pass_through_and_server_spans_become_export_spans() -> None:
+    target = Recording(plain=True)
+    exporter = BatchExporter(target)
+    with TracerProvider().get_tracer("t").start_as_current_span("child") as child:
+        pass
+    server = server_span()
+    exporter([server, child])  # type: ignore[list-item]
+    assert exporter.force_flush(5)
+    assert target.got[1] is child
+    assert type(target.got[0]) is ExportSpan
+    assert target.got[0].attributes == server.attributes  # unredacted, as configured
     exporter.shutdown(1)

@@ -25,6 +25,7 @@ from opentelemetry.trace import (
     TraceState,
 )
 
+from devkit.tracing.export import ExportSpan
 from devkit.tracing.otlp import FastOTLPExporter, _Encoder, encode_spans
 from devkit.tracing.span import ServerSpanFactory
 
@@ -76,7 +77,14 @@ def test_server_span_from_the_request_path() -> None:
     span.add_event("cache miss", {"key": "k", "hit": False})
     factory.end_request(span, "/items/{id}", 503, "503")
     span.add_link(SpanContext(8, 9, True, TraceFlags(1)), {"l": 1})  # ended: ignored
-    assert_same([span, span.to_readable(), span.for_export(), span.for_export(redact)])
+    assert_same(
+        [
+            span,
+            span.to_readable(),
+            ExportSpan(span, span.attributes, list(span.events)),
+            ExportSpan(span, span.redacted_attributes(redact), list(span.events)),
+        ]
+    )
 
 
 def redact(attributes: Any) -> dict[str, Any]:
@@ -98,7 +106,8 @@ def test_plain_export_spans_go_to_a_wrapped_exporter_as_sdk_spans() -> None:
     wrapped = Recording()
     exporter = FastOTLPExporter(wrapped)
     assert not exporter.fast  # not the stock class: every batch falls back
-    assert exporter.export([span.for_export(redact)]) is SpanExportResult.SUCCESS
+    exported = ExportSpan(span, span.redacted_attributes(redact), [])
+    assert exporter.export([exported]) is SpanExportResult.SUCCESS  # type: ignore[list-item]
     assert [type(s) for s in wrapped.got] == [ReadableSpan]
     assert dict(wrapped.got[0].attributes)["url.path"] == "[REDACTED]"
 

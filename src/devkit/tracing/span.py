@@ -38,7 +38,7 @@ from opentelemetry.util.types import Attributes, AttributeValue
 from devkit._version import __version__
 from devkit.tracing.sampling import ratio_bound
 
-__all__ = ["ExportSpan", "ServerSpan", "ServerSpanFactory"]
+__all__ = ["ServerSpan", "ServerSpanFactory"]
 
 _TRACE_ID_LIMIT = (1 << 64) - 1
 _UNSET = Status(StatusCode.UNSET)
@@ -307,81 +307,11 @@ class ServerSpan(Span):
     def instrumentation_scope(self) -> InstrumentationScope:
         return self._factory.scope
 
-    def for_export(
-        self, redact: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
-    ) -> ExportSpan:
-        """The ended span as exported, attributes (and event attributes) passed through
-        ``redact`` as :meth:`redacted_attributes` says. Built only for kept traces."""
-        events = self._events or ()
-        if redact is None:
-            attributes = self._attributes(None)
-        else:
-            attributes = self.redacted_attributes(redact)
-            events = [Event(e.name, redact(e.attributes or {}), e.timestamp) for e in events]
-        return ExportSpan(self, attributes, list(events))
-
     def to_readable(self) -> ReadableSpan:
-        """The SDK span, unredacted (exporters other than devkit's encoder take these)."""
-        return self.for_export().to_readable()
+        """The SDK span, unredacted (what exporters other than devkit's encoder take)."""
+        from devkit.tracing.export import ExportSpan
 
-
-class ExportSpan:
-    """An ended server span as the export thread hands it on: plain fields, attributes
-    already redacted.
-
-    devkit's OTLP encoder reads these fields directly: no ``ReadableSpan`` to build, and
-    none of its per-read property calls, ``MappingProxyType`` and tuple copies (together
-    about a third of the export thread's work per span). Other exporters get
-    :meth:`to_readable`.
-    """
-
-    __slots__ = (
-        "name",
-        "context",
-        "parent",
-        "status",
-        "start_time",
-        "end_time",
-        "attributes",
-        "events",
-        "links",
-        "resource",
-        "instrumentation_scope",
-    )
-
-    kind = SpanKind.SERVER
-    dropped_attributes = 0
-    dropped_events = 0
-    dropped_links = 0
-
-    def __init__(self, span: ServerSpan, attributes: dict[str, Any], events: list[Event]) -> None:
-        self.name = span.name
-        self.context = span.context
-        self.parent = span.parent
-        self.status = span.status
-        self.start_time = span.start_time
-        self.end_time = span.end_time
-        self.attributes = attributes
-        self.events = events
-        self.links = list(span._links or ())
-        self.resource = span._factory.resource
-        self.instrumentation_scope = span._factory.scope
-
-    def to_readable(self) -> ReadableSpan:
-        return ReadableSpan(
-            name=self.name,
-            context=self.context,
-            parent=self.parent,
-            resource=self.resource,
-            attributes=self.attributes,
-            events=self.events,
-            links=self.links,
-            kind=self.kind,
-            status=self.status,
-            start_time=self.start_time,
-            end_time=self.end_time,
-            instrumentation_scope=self.instrumentation_scope,
-        )
+        return ExportSpan(self, self.attributes, list(self.events)).to_readable()
 
 
 class ServerSpanFactory:
