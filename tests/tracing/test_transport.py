@@ -165,6 +165,8 @@ def test_not_installed_where_netrc_gives_credentials(
 
 def test_not_installed_for_https_custom_sessions_or_other_transports() -> None:
     assert not use_keep_alive(OTLPSpanExporter(endpoint="https://collector:4318/v1/traces"))
+    # requests sends credentials in the URL as basic auth; the keep-alive transport won't.
+    assert not use_keep_alive(OTLPSpanExporter(endpoint="http://u:p@collector:4318/v1/traces"))
 
     class Signing(requests.Session):
         pass

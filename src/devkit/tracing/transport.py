@@ -5,14 +5,15 @@ environment into every request (proxy variables, ``.netrc``, CA bundle variables
 runs its adapter, hook and cookie machinery: about 0.6 ms of CPU per post on an idle
 machine and over 2 ms under load, on the export thread but under the GIL the request
 path needs. A collector reached over plain HTTP without a proxy needs none of it. This
-transport keeps one connection open and sends each batch with one ``send``; everything
-above the transport stays the exporter's: endpoint, headers, compression, timeout,
-retries and backoff.
+transport keeps one connection open and posts each batch over it; everything above the
+transport stays the exporter's: endpoint, headers, compression, timeout, retries and
+backoff.
 
 :func:`use_keep_alive` installs it only where it changes nothing but the cost: an
-``http://`` endpoint, the exporter's stock ``requests`` transport with a plain session,
-and neither a proxy variable nor a ``.netrc`` entry that ``requests`` would apply to that
-endpoint. HTTPS, proxies and custom sessions keep ``requests`` and its rules.
+``http://`` endpoint without credentials in it, the exporter's stock ``requests``
+transport with a plain session, and neither a proxy variable nor a ``.netrc`` entry that
+``requests`` would apply to that endpoint. HTTPS, proxies and custom sessions keep
+``requests`` and its rules.
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ class KeepAliveTransport(BaseHTTPTransport):
 
     def __init__(self, endpoint: str, fallback: BaseHTTPTransport) -> None:
         parts = urlsplit(endpoint)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"not a plain-HTTP endpoint: {endpoint!r}")
+        if parts.scheme != "http" or not parts.hostname or parts.username is not None:
+            # Credentials in the URL are for requests to send as basic auth: not here.
+            raise ValueError("not a plain-HTTP endpoint without credentials")
         self._endpoint = endpoint
         self._host = parts.hostname
         self._port = parts.port or 80
