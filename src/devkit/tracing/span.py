@@ -36,6 +36,7 @@ from opentelemetry.trace import (
 from opentelemetry.util.types import Attributes, AttributeValue
 
 from devkit._version import __version__
+from devkit.tracing.export import ExportSpan
 from devkit.tracing.sampling import ratio_bound
 
 __all__ = ["ServerSpan", "ServerSpanFactory"]
@@ -309,8 +310,6 @@ class ServerSpan(Span):
 
     def to_readable(self) -> ReadableSpan:
         """The SDK span, unredacted (what exporters other than devkit's encoder take)."""
-        from devkit.tracing.export import ExportSpan
-
         return ExportSpan(self, self.attributes, list(self.events)).to_readable()
 
 
