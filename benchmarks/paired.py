@@ -21,7 +21,6 @@ import argparse
 import json
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -31,7 +30,6 @@ from typing import Any
 
 from benchmarks import runner, server
 from benchmarks.receiver import Receiver
-from benchmarks.server_app import ENDPOINT_ENV, VARIANT_ENV
 
 __all__ = ["Burst", "bootstrap_median_interval", "main", "paired_summary"]
 
@@ -47,9 +45,7 @@ class Burst:
 
 @dataclass
 class _Live:
-    variant: str
-    proc: subprocess.Popen[bytes]
-    port: int
+    server: server.LiveServer
     bursts: list[Burst] = field(default_factory=list)
     exit_status: int | None = None
 
@@ -98,30 +94,12 @@ def paired_summary(
     return out
 
 
-def _start(variant: str, endpoint: str, env: dict[str, str], extra: dict[str, str]) -> _Live:
-    port = server._free_port()
-    server_env = {
-        **env,
-        **extra,
-        VARIANT_ENV: variant,
-        ENDPOINT_ENV: endpoint,
-    }
-    proc = subprocess.Popen(
-        server.command(port),
-        cwd=runner.ROOT,
-        env=server_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return _Live(variant, proc, port)
-
-
 def _burst(live: _Live, seconds: int, load: server.LoadSettings) -> Burst:
-    cpu_before = server._cpu_seconds(live.proc.pid)
-    result = server._run_wrk(live.port, seconds, load)
-    cpu_s = server._cpu_seconds(live.proc.pid) - cpu_before
+    result, cpu_s = live.server.load(seconds, load)
     if result.requests == 0 or result.errors:
-        raise RuntimeError(f"{live.variant}: {result.requests} requests, {result.errors} errors")
+        raise RuntimeError(
+            f"{live.server.variant}: {result.requests} requests, {result.errors} errors"
+        )
     return Burst(result.requests_per_s, result.latency_ms[99], cpu_s * 1e6 / result.requests)
 
 
@@ -139,20 +117,20 @@ def run(
         raise RuntimeError(reason)
     started = time.monotonic()
     receiver = Receiver().start()
-    env = {**runner._worker_env(), **runner._SERVER_ENV}
+    env = {**runner.server_env(), **extra_env}
     lives: list[_Live] = []
     try:
         for variant in ("bare", *variants):
-            lives.append(_start(variant, receiver.endpoint, env, extra_env))
+            lives.append(_Live(server.LiveServer(variant, receiver.endpoint, env, runner.ROOT)))
         for live in lives:
-            server._wait_ready(live.proc, live.port)
-            server._run_wrk(live.port, load.warmup_s, load)
+            live.server.wait_ready()
+            live.server.load(load.warmup_s, load)
         for r in range(bursts):
             for live in lives if r % 2 == 0 else lives[::-1]:
                 live.bursts.append(_burst(live, burst_s, load))
     finally:
         for live in lives:
-            live.exit_status, _ = server._stop(live.proc)
+            live.exit_status, _ = live.server.stop()
         receiver.stop()
     rng = random.Random(seed)
     bare = lives[0]
@@ -164,7 +142,7 @@ def run(
         "env": extra_env,
         "seconds": round(time.monotonic() - started, 1),
         "variants": {
-            live.variant: {
+            live.server.variant: {
                 "requests_per_s": statistics.median(b.requests_per_s for b in live.bursts),
                 "p99_ms": statistics.median(b.p99_ms for b in live.bursts),
                 "cpu_us_per_request": statistics.median(b.cpu_us_per_request for b in live.bursts),

@@ -27,7 +27,7 @@ from benchmarks.receiver import Receiver, Traffic
 from benchmarks.suites import SUITES, Suite
 from benchmarks.variants import OPTIONAL
 
-__all__ = ["Plan", "RunResult", "VariantRun", "run"]
+__all__ = ["Plan", "RunResult", "VariantRun", "run", "server_env", "worker_env"]
 
 ROOT = Path(__file__).resolve().parent.parent
 # Prefixes of variables that would change what a worker measures; workers never inherit them.
@@ -93,11 +93,18 @@ class RunResult:
     unavailable: dict[str, str] = field(default_factory=dict)
 
 
-def _worker_env() -> dict[str, str]:
+def worker_env() -> dict[str, str]:
+    """The environment of a benchmark process: this one's, without instrumentation
+    variables, plus the harness's own and the repository on ``PYTHONPATH``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED)}
     env.update(_WORKER_ENV)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
+
+
+def server_env() -> dict[str, str]:
+    """A server's environment: a worker's, with devkit's default sampling stated."""
+    return {**worker_env(), **_SERVER_ENV}
 
 
 def _run_worker(
@@ -124,7 +131,7 @@ def _run_worker(
         proc = subprocess.run(
             cmd,
             cwd=ROOT,
-            env=_worker_env(),
+            env=worker_env(),
             capture_output=True,
             text=True,
             timeout=_WORKER_TIMEOUT_S,
@@ -186,7 +193,7 @@ def run(plan: Plan, progress: Callable[[str], None] = _note) -> RunResult:
                 suite = SUITES[suite_name]
                 receiver.take()  # discard anything late from a previous worker
                 if suite.is_server:
-                    env = {**_worker_env(), **_SERVER_ENV}
+                    env = server_env()
                     endpoint = receiver.endpoint
                     result, stderr = server.measure(variant, endpoint, env, ROOT, plan.load)
                 else:

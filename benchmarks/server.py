@@ -27,14 +27,16 @@ import time
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from benchmarks.apps import PATH
 from benchmarks.server_app import ENDPOINT_ENV, UNAVAILABLE_MARK, VARIANT_ENV
 
 __all__ = [
     "HOST",
+    "LiveServer",
     "LoadSettings",
+    "ServerExited",
     "WrkResult",
     "command",
     "measure",
@@ -212,21 +214,9 @@ def _answers(port: int) -> bool:
         conn.close()
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], port: int) -> int:
-    """Poll until the app answers 200; returns the number of requests it took."""
-    deadline = time.monotonic() + _START_TIMEOUT_S
-    probes = 0
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise _ServerExited(proc.returncode)
-        probes += 1
-        if _answers(port):
-            return probes
-        time.sleep(0.1)
-    raise RuntimeError(f"server did not answer 200 on {PATH} within {_START_TIMEOUT_S:.0f} s")
+class ServerExited(Exception):
+    """The server exited before it answered its first request."""
 
-
-class _ServerExited(Exception):
     def __init__(self, code: int | None) -> None:
         super().__init__(f"server exited with status {code} before answering")
         self.code = code
@@ -239,17 +229,62 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> tuple[int | None, str | None]:
-    """SIGTERM and wait; kill after the timeout. Returns (exit status, problem)."""
-    if proc.poll() is not None:
-        return proc.returncode, None
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=_STOP_TIMEOUT_S), None
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=_STOP_TIMEOUT_S)
-        return proc.returncode, f"server ignored SIGTERM for {_STOP_TIMEOUT_S:.0f} s; killed"
+class LiveServer:
+    """One uvicorn serving ``variant`` on a free port of 127.0.0.1 until :meth:`stop`.
+
+    Shared by the server suite (a fresh server per round) and the paired run (one server
+    per variant kept up across bursts), so both start, load and stop servers alike.
+    """
+
+    def __init__(
+        self,
+        variant: str,
+        endpoint: str,
+        env: dict[str, str],
+        cwd: Path,
+        stderr: IO[bytes] | int = subprocess.DEVNULL,
+    ) -> None:
+        self.variant = variant
+        self.port = _free_port()
+        self.proc = subprocess.Popen(
+            command(self.port),
+            cwd=cwd,
+            env={**env, VARIANT_ENV: variant, ENDPOINT_ENV: endpoint},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+
+    def wait_ready(self) -> int:
+        """Poll until the app answers 200; returns the number of requests it took."""
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        probes = 0
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerExited(self.proc.returncode)
+            probes += 1
+            if _answers(self.port):
+                return probes
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not answer 200 on {PATH} within {_START_TIMEOUT_S:.0f} s")
+
+    def load(self, duration_s: int, load: LoadSettings) -> tuple[WrkResult, float]:
+        """Load the server with wrk; returns wrk's result and the server's CPU seconds."""
+        cpu_before = _cpu_seconds(self.proc.pid)
+        result = _run_wrk(self.port, duration_s, load)
+        return result, _cpu_seconds(self.proc.pid) - cpu_before
+
+    def stop(self) -> tuple[int | None, str | None]:
+        """SIGTERM and wait; kill after the timeout. Returns (exit status, problem)."""
+        proc = self.proc
+        if proc.poll() is not None:
+            return proc.returncode, None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=_STOP_TIMEOUT_S), None
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=_STOP_TIMEOUT_S)
+            return proc.returncode, f"server ignored SIGTERM for {_STOP_TIMEOUT_S:.0f} s; killed"
 
 
 def measure(
@@ -261,26 +296,20 @@ def measure(
     ms), ``cpu_us_per_op`` (server CPU per request) and ``operations`` (every request the
     server answered, readiness probes and warm-up included, for the span count).
     """
-    port = _free_port()
-    server_env = {**env, VARIANT_ENV: variant, ENDPOINT_ENV: endpoint}
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(
-            command(port), cwd=cwd, env=server_env, stdout=subprocess.DEVNULL, stderr=err
-        )
+        live = LiveServer(variant, endpoint, env, cwd, stderr=err)
         result: dict[str, Any]
         try:
-            probes = _wait_ready(proc, port)
-            warm = _run_wrk(port, load.warmup_s, load)
-            cpu_before = _cpu_seconds(proc.pid)
-            timed = _run_wrk(port, load.duration_s, load)
-            cpu_used = _cpu_seconds(proc.pid) - cpu_before
+            probes = live.wait_ready()
+            warm, _ = live.load(load.warmup_s, load)
+            timed, cpu_used = live.load(load.duration_s, load)
             result = _result(timed, warm, probes, cpu_used)
-        except _ServerExited as exc:
+        except ServerExited as exc:
             result = {"status": "error", "reason": str(exc)}
         except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
             result = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
         finally:
-            code, problem = _stop(proc)
+            code, problem = live.stop()
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")
     unavailable = [line for line in stderr.splitlines() if line.startswith(UNAVAILABLE_MARK)]
