@@ -214,7 +214,7 @@ def _answers(port: int) -> bool:
         conn.close()
 
 
-class ServerExited(Exception):
+class ServerExited(RuntimeError):
     """The server exited before it answered its first request."""
 
     def __init__(self, code: int | None) -> None:

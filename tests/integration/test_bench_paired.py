@@ -20,12 +20,16 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_paired_run_measures_and_pairs_every_burst(tmp_path: Path) -> None:
+def _need_wrk() -> None:
     if shutil.which("wrk") is None:
         reason = "wrk not installed: .ci/run installs the Debian package"
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+def test_paired_run_measures_and_pairs_every_burst(tmp_path: Path) -> None:
+    _need_wrk()
     out = tmp_path / "paired.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.paired", "--bursts", "2", "--burst-s", "1",
@@ -46,3 +50,14 @@ def test_paired_run_measures_and_pairs_every_burst(tmp_path: Path) -> None:
     # Every server was stopped and exited cleanly (uvicorn re-raises SIGTERM after its
     # graceful shutdown).
     assert {v["exit_status"] for v in result["variants"].values()} <= {0, -15}
+
+
+def test_a_server_that_cannot_start_fails_the_run_with_its_reason() -> None:
+    _need_wrk()
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.paired", "--bursts", "2", "--variant", "no-such"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "paired run failed: server exited with status" in proc.stderr
+    assert "Traceback" not in proc.stderr
