@@ -10,9 +10,12 @@ and the bursts alternate between them, in reversed order every other round (A B,
 *paired ratio*: each burst's requests per second over the bare burst of the same round,
 summarised by its median, interquartile range and a 95 % bootstrap interval of the
 median; the same for server CPU per request (bare over variant, so that higher is better
-in both). Short bursts understate the p99 (an export batch may fall between two bursts),
-so latency is read from the server suite. Results go to stdout and, with ``--json``, to a
-file. Needs ``wrk``; takes bursts x variants x burst length, plus start-up.
+in both). Server CPU is also split into the request thread (the event loop) and the
+background threads (devkit's span export): work a change moves between them, or a
+request thread slowed by the other's activity, shows there. Short bursts understate the
+p99 (an export batch may fall between two bursts), so latency is read from the server
+suite. Results go to stdout and, with ``--json``, to a file. Needs ``wrk``; takes
+bursts x variants x burst length, plus start-up.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class Burst:
     requests_per_s: float
     p99_ms: float
     cpu_us_per_request: float
+    #: Of which the server's request thread (its main thread, the event loop).
+    request_thread_cpu_us: float | None = None
 
 
 @dataclass
@@ -95,12 +100,18 @@ def paired_summary(
 
 
 def _burst(live: _Live, seconds: int, load: server.LoadSettings) -> Burst:
-    result, cpu_s = live.server.load(seconds, load)
+    result, cpu = live.server.load(seconds, load)
     if result.requests == 0 or result.errors:
         raise RuntimeError(
             f"{live.server.variant}: {result.requests} requests, {result.errors} errors"
         )
-    return Burst(result.requests_per_s, result.latency_ms[99], cpu_s * 1e6 / result.requests)
+    per_request = 1e6 / result.requests
+    return Burst(
+        result.requests_per_s,
+        result.latency_ms[99],
+        cpu.total_s * per_request,
+        cpu.request_thread_s * per_request,
+    )
 
 
 def run(
@@ -146,6 +157,7 @@ def run(
                 "requests_per_s": statistics.median(b.requests_per_s for b in live.bursts),
                 "p99_ms": statistics.median(b.p99_ms for b in live.bursts),
                 "cpu_us_per_request": statistics.median(b.cpu_us_per_request for b in live.bursts),
+                **_thread_split(live.bursts),
                 "exit_status": live.exit_status,
                 **(
                     {"paired": paired_summary(live.bursts, bare.bursts, rng)}
@@ -158,15 +170,31 @@ def run(
     }
 
 
+def _thread_split(bursts: Sequence[Burst]) -> dict[str, float]:
+    """Median CPU per request of the request thread and of the background threads."""
+    split = [
+        (b.request_thread_cpu_us, b.cpu_us_per_request - b.request_thread_cpu_us)
+        for b in bursts
+        if b.request_thread_cpu_us is not None
+    ]
+    if not split:
+        return {}
+    return {
+        "request_thread_cpu_us_per_request": statistics.median(s[0] for s in split),
+        "background_cpu_us_per_request": statistics.median(s[1] for s in split),
+    }
+
+
 def render(result: dict[str, Any]) -> str:
     lines = [
         f"server level, paired: {result['bursts']} bursts of {result['burst_s']} s per "
         f"variant, alternating between live servers ({result['load']}), "
         f"{result['seconds']} s",
         "",
-        "| variant | req/s | server CPU µs/req | x bare req/s, paired median | IQR | 95 % "
-        "interval | CPU x bare, paired median | 95 % interval |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| variant | req/s | server CPU µs/req | request thread | background threads "
+        "| x bare req/s, paired median | IQR | 95 % interval | CPU x bare, paired median "
+        "| 95 % interval |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, v in result["variants"].items():
         paired = v.get("paired")
@@ -181,9 +209,13 @@ def render(result: dict[str, Any]) -> str:
                 f"{cpu['median']:.3f}",
                 "{:.3f}-{:.3f}".format(*cpu["interval_95"]),
             ]
+        threads = [
+            f"{v[key]:.1f}" if key in v else "—"
+            for key in ("request_thread_cpu_us_per_request", "background_cpu_us_per_request")
+        ]
         lines.append(
             f"| {name} | {v['requests_per_s']:,.0f} | {v['cpu_us_per_request']:.1f} | "
-            + " | ".join(cells)
+            + " | ".join(threads + cells)
             + " |"
         )
     return "\n".join(lines)

@@ -34,6 +34,7 @@ from benchmarks.server_app import ENDPOINT_ENV, UNAVAILABLE_MARK, VARIANT_ENV
 
 __all__ = [
     "HOST",
+    "CpuUse",
     "LiveServer",
     "LoadSettings",
     "ServerExited",
@@ -222,11 +223,38 @@ class ServerExited(RuntimeError):
         self.code = code
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) from /proc."""
-    stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+def _cpu_seconds(stat_path: str) -> float:
+    """User + system CPU time from a /proc ``stat`` file (a process's or one thread's)."""
+    stat = Path(stat_path).read_text(encoding="ascii")
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """A server's CPU time over one load: all its threads, and its request thread alone.
+
+    The request thread is the process's main thread (uvicorn's event loop); the rest is
+    background threads, devkit's span export among them. The split shows whether a
+    change moved work off the request thread or made it slower.
+    """
+
+    total_s: float
+    request_thread_s: float
+
+    @property
+    def background_s(self) -> float:
+        return max(0.0, self.total_s - self.request_thread_s)
+
+    @classmethod
+    def read(cls, pid: int) -> CpuUse:
+        """The CPU time used so far by process ``pid`` (Linux /proc)."""
+        return cls(_cpu_seconds(f"/proc/{pid}/stat"), _cpu_seconds(f"/proc/{pid}/task/{pid}/stat"))
+
+    def __sub__(self, before: CpuUse) -> CpuUse:
+        return CpuUse(
+            self.total_s - before.total_s, self.request_thread_s - before.request_thread_s
+        )
 
 
 class LiveServer:
@@ -267,11 +295,11 @@ class LiveServer:
             time.sleep(0.1)
         raise RuntimeError(f"server did not answer 200 on {PATH} within {_START_TIMEOUT_S:.0f} s")
 
-    def load(self, duration_s: int, load: LoadSettings) -> tuple[WrkResult, float]:
-        """Load the server with wrk; returns wrk's result and the server's CPU seconds."""
-        cpu_before = _cpu_seconds(self.proc.pid)
+    def load(self, duration_s: int, load: LoadSettings) -> tuple[WrkResult, CpuUse]:
+        """Load the server with wrk; returns wrk's result and the CPU the server used."""
+        before = CpuUse.read(self.proc.pid)
         result = _run_wrk(self.port, duration_s, load)
-        return result, _cpu_seconds(self.proc.pid) - cpu_before
+        return result, CpuUse.read(self.proc.pid) - before
 
     def stop(self) -> tuple[int | None, str | None]:
         """SIGTERM and wait; kill after the timeout. Returns (exit status, problem)."""
@@ -303,7 +331,7 @@ def measure(
             probes = live.wait_ready()
             warm, _ = live.load(load.warmup_s, load)
             timed, cpu_used = live.load(load.duration_s, load)
-            result = _result(timed, warm, probes, cpu_used)
+            result = _result(timed, warm, probes, cpu_used.total_s)
         except ServerExited as exc:
             result = {"status": "error", "reason": str(exc)}
         except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:

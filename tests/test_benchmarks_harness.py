@@ -7,8 +7,11 @@ harness makes from numbers are tested, with numbers chosen by the test.
 from __future__ import annotations
 
 import io
+import os
 import random
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -451,6 +454,48 @@ def test_bootstrap_interval_is_within_the_values_and_narrows_with_agreement() ->
     assert paired.bootstrap_median_interval([0.71] * 9, rng) == (0.71, 0.71)
     with pytest.raises(ValueError, match="no values"):
         paired.bootstrap_median_interval([], rng)
+
+
+def test_thread_split_takes_medians_of_request_thread_and_the_rest() -> None:
+    bursts = [paired.Burst(1000, 3.0, 200, 180), paired.Burst(1000, 3.0, 210, 190),
+              paired.Burst(1000, 3.0, 190, 184)]  # fmt: skip
+    split = paired._thread_split(bursts)
+    assert split["request_thread_cpu_us_per_request"] == pytest.approx(184)
+    assert split["background_cpu_us_per_request"] == pytest.approx(20)
+    # Bursts measured without the split (another platform) leave it out.
+    assert paired._thread_split(_bursts([1000], [200])) == {}
+
+
+def test_paired_table_shows_the_thread_split_or_a_dash() -> None:
+    result = {
+        "bursts": 2, "burst_s": 1, "load": "wrk", "seconds": 1.0,
+        "variants": {
+            "bare": {"requests_per_s": 1000.0, "cpu_us_per_request": 150.0,
+                     "request_thread_cpu_us_per_request": 149.5,
+                     "background_cpu_us_per_request": 0.5},
+            "other": {"requests_per_s": 900.0, "cpu_us_per_request": 160.0},
+        },
+    }  # fmt: skip
+    table = paired.render(result)
+    assert "| bare | 1,000 | 150.0 | 149.5 | 0.5 | 1.000 |" in table
+    assert "| other | 900 | 160.0 | — | — | 1.000 |" in table
+
+
+def test_cpu_use_reads_the_process_and_its_main_thread() -> None:
+    def spin() -> None:  # 50 ms of CPU on another thread while the main thread waits
+        end = time.process_time() + 0.05
+        while time.process_time() < end:
+            pass
+
+    before = server.CpuUse.read(os.getpid())
+    thread = threading.Thread(target=spin)
+    thread.start()
+    thread.join()
+    used = server.CpuUse.read(os.getpid()) - before
+    assert 0 <= used.request_thread_s <= used.total_s
+    assert used.background_s > 0.02  # /proc counts in clock ticks (10 ms)
+    assert used.background_s == pytest.approx(used.total_s - used.request_thread_s)
+    assert server.CpuUse(1.0, 1.5).background_s == 0.0  # clock ticks: never negative
 
 
 @pytest.mark.parametrize(

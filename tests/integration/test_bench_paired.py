@@ -43,6 +43,9 @@ def test_paired_run_measures_and_pairs_every_burst(tmp_path: Path) -> None:
     assert set(result["variants"]) == {"bare", "devkit"}
     devkit = result["variants"]["devkit"]
     assert devkit["requests_per_s"] > 0 and devkit["cpu_us_per_request"] > 0
+    # Every trace kept: the export thread works, off the request thread.
+    assert 0 < devkit["request_thread_cpu_us_per_request"] <= devkit["cpu_us_per_request"]
+    assert devkit["background_cpu_us_per_request"] > 0
     ratios = devkit["paired"]["requests_per_s"]["ratios"]
     assert len(ratios) == 2 and all(r > 0 for r in ratios)
     low, high = devkit["paired"]["requests_per_s"]["interval_95"]
