@@ -27,6 +27,10 @@ class Traffic:
     spans: int | None  # None when the OTLP protobuf classes are not importable
 
 
+_DATADOG_TRACES = ("/v0.4/traces", "/v0.5/traces")
+_DATADOG_ANSWER = b'{"rate_by_service":{}}'
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as with a real collector
     server: _Server
@@ -35,10 +39,16 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         self.server.record(self.path, self.headers.get("Content-Encoding", ""), body)
+        answer, content_type = b"", "application/x-protobuf"
+        if self.path.startswith(_DATADOG_TRACES):
+            # The Datadog agent answers trace payloads with its sampling rates; ddtrace
+            # treats an empty answer as a failed send and drops the traces.
+            answer, content_type = _DATADOG_ANSWER, "application/json"
         self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
+        self.wfile.write(answer)
 
     do_PUT = do_POST  # some vendor agents (ddtrace) PUT their payloads
 
@@ -60,7 +70,8 @@ class _Server(ThreadingHTTPServer):
 
 
 class Receiver:
-    """Accepts any POST/PUT on 127.0.0.1 and answers 200 with an empty body."""
+    """Accepts any POST/PUT on 127.0.0.1 and answers 200: an empty body, or for Datadog
+    trace payloads the agent's (empty) sampling rates."""
 
     def __init__(self) -> None:
         self._server = _Server()

@@ -7,6 +7,7 @@ harness makes from numbers are tested, with numbers chosen by the test.
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import sys
@@ -197,6 +198,20 @@ def test_receiver_counts_bytes_and_spans() -> None:
         receiver.stop()
     assert (traffic.requests, traffic.bytes, traffic.spans) == (1, len(body), 2)
     assert receiver.take().requests == 0
+
+
+def test_receiver_answers_datadog_trace_payloads_as_the_agent_does() -> None:
+    receiver = Receiver().start()
+    try:
+        put = urllib.request.Request(
+            receiver.endpoint + "/v0.5/traces", data=b"\x91\x90", method="PUT"
+        )
+        with urllib.request.urlopen(put, timeout=10) as response:
+            assert response.headers["Content-Type"] == "application/json"
+            assert json.loads(response.read()) == {"rate_by_service": {}}
+        assert receiver.take().requests == 1
+    finally:
+        receiver.stop()
 
 
 # -- server-level suite -------------------------------------------------------------------
