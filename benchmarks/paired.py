@@ -44,8 +44,10 @@ class Burst:
     requests_per_s: float
     p99_ms: float
     cpu_us_per_request: float
-    #: Of which the server's request thread (its main thread, the event loop).
+    #: Of which the server's request thread (its main thread, the event loop) and the
+    #: other threads (span export); None where /proc does not split them.
     request_thread_cpu_us: float | None = None
+    background_cpu_us: float | None = None
 
 
 @dataclass
@@ -111,6 +113,7 @@ def _burst(live: _Live, seconds: int, load: server.LoadSettings) -> Burst:
         result.latency_ms[99],
         cpu.total_s * per_request,
         cpu.request_thread_s * per_request,
+        cpu.background_s * per_request,
     )
 
 
@@ -173,9 +176,9 @@ def run(
 def _thread_split(bursts: Sequence[Burst]) -> dict[str, float]:
     """Median CPU per request of the request thread and of the background threads."""
     split = [
-        (b.request_thread_cpu_us, b.cpu_us_per_request - b.request_thread_cpu_us)
+        (b.request_thread_cpu_us, b.background_cpu_us)
         for b in bursts
-        if b.request_thread_cpu_us is not None
+        if b.request_thread_cpu_us is not None and b.background_cpu_us is not None
     ]
     if not split:
         return {}

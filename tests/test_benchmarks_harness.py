@@ -472,8 +472,8 @@ def test_bootstrap_interval_is_within_the_values_and_narrows_with_agreement() ->
 
 
 def test_thread_split_takes_medians_of_request_thread_and_the_rest() -> None:
-    bursts = [paired.Burst(1000, 3.0, 200, 180), paired.Burst(1000, 3.0, 210, 190),
-              paired.Burst(1000, 3.0, 190, 184)]  # fmt: skip
+    bursts = [paired.Burst(1000, 3.0, 200, 180, 20), paired.Burst(1000, 3.0, 210, 190, 20),
+              paired.Burst(1000, 3.0, 190, 184, 6)]  # fmt: skip
     split = paired._thread_split(bursts)
     assert split["request_thread_cpu_us_per_request"] == pytest.approx(184)
     assert split["background_cpu_us_per_request"] == pytest.approx(20)
