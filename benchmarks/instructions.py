@@ -42,7 +42,6 @@ from benchmarks.suites import SUITES
 __all__ = ["per_request", "summary_counts"]
 
 ROOT = Path(__file__).resolve().parent.parent
-_PARTS = ("logs", "span", "metrics")
 
 
 def summary_counts(text: str) -> dict[str, int]:
@@ -76,18 +75,10 @@ def _child(suite: str, variant: str, requests: int, off: list[str]) -> None:
         _FACTORIES[suite], ctx
     )
     if off:
-        from devkit import _state
-
-        runtime = _state.current()
-        if runtime is None or runtime.instruments is None:
-            raise SystemExit(f"--off needs a devkit variant; {variant} did not init devkit")
-        inst = runtime.instruments
-        if "logs" in off:
-            inst.logs = None
-        if "span" in off:
-            inst.server_spans = None
-        if "metrics" in off:
-            inst.metrics = None
+        try:
+            variants.switch_off_devkit(off)
+        except ValueError as exc:
+            raise SystemExit(f"--off: {exc}") from None
     if asgi:
         asyncio.run(drivers._asgi_batches(app, [200]))
         gc.collect()
@@ -140,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", type=int, default=1300)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    unknown = set(args.off) - set(_PARTS)
+    unknown = set(args.off) - set(variants.DEVKIT_PARTS)
     if unknown:
-        parser.error(f"--off takes {','.join(_PARTS)}, not {','.join(sorted(unknown))}")
+        parts = ",".join(variants.DEVKIT_PARTS)
+        parser.error(f"--off takes {parts}, not {','.join(sorted(unknown))}")
     if args.child is not None:
         _child(args.suite, args.variant, args.child, args.off)
         return 0

@@ -1,6 +1,7 @@
 """Server level, paired: one live server per variant, short wrk bursts alternated between them.
 
-``python -m benchmarks.paired [--variant devkit] [--bursts 20] [--burst-s 2] [--env K=V]``
+``python -m benchmarks.paired [--variant devkit] [--without PART] [--bursts 20] [--burst-s 2]
+[--env K=V]``
 
 The server suite starts a fresh server for each 8 s round; on a shared machine whose
 speed drifts within seconds, five such rounds resolve devkit's ``x bare`` to about
@@ -16,6 +17,10 @@ request thread slowed by the other's activity, shows there. Short bursts underst
 p99 (an export batch may fall between two bursts), so latency is read from the server
 suite. Results go to stdout and, with ``--json``, to a file. Needs ``wrk``; takes
 bursts x variants x burst length, plus start-up.
+
+``--without logs`` (or ``span``, ``metrics``; repeatable) adds a devkit server with that
+part switched off, paired like the rest: what each part costs at server level, where
+the in-process figures understate it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import runner, server
+from benchmarks import runner, server, server_app, variants
 from benchmarks.receiver import Receiver
 
 __all__ = ["Burst", "bootstrap_median_interval", "main", "paired_summary"]
@@ -52,6 +57,7 @@ class Burst:
 
 @dataclass
 class _Live:
+    label: str
     server: server.LiveServer
     bursts: list[Burst] = field(default_factory=list)
     exit_status: int | None = None
@@ -104,9 +110,7 @@ def paired_summary(
 def _burst(live: _Live, seconds: int, load: server.LoadSettings) -> Burst:
     result, cpu = live.server.load(seconds, load)
     if result.requests == 0 or result.errors:
-        raise RuntimeError(
-            f"{live.server.variant}: {result.requests} requests, {result.errors} errors"
-        )
+        raise RuntimeError(f"{live.label}: {result.requests} requests, {result.errors} errors")
     per_request = 1e6 / result.requests
     return Burst(
         result.requests_per_s,
@@ -124,8 +128,10 @@ def run(
     extra_env: dict[str, str],
     load: server.LoadSettings,
     seed: int = 0,
+    without: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Start ``bare`` and each variant, alternate the bursts, summarise the pairs."""
+    """Start ``bare``, each variant and a devkit server per part in ``without`` (that part
+    switched off), alternate the bursts, summarise the pairs."""
     reason = server.unavailable_reason()
     if reason is not None:
         raise RuntimeError(reason)
@@ -135,7 +141,12 @@ def run(
     lives: list[_Live] = []
     try:
         for variant in ("bare", *variants):
-            lives.append(_Live(server.LiveServer(variant, receiver.endpoint, env, runner.ROOT)))
+            started_server = server.LiveServer(variant, receiver.endpoint, env, runner.ROOT)
+            lives.append(_Live(variant, started_server))
+        for part in without:
+            off_env = {**env, server_app.OFF_ENV: part}
+            started_server = server.LiveServer("devkit", receiver.endpoint, off_env, runner.ROOT)
+            lives.append(_Live(f"devkit without {part}", started_server))
         for live in lives:
             live.server.wait_ready()
             live.server.load(load.warmup_s, load)
@@ -154,9 +165,10 @@ def run(
         "load": f"wrk -t{load.threads} -c{load.connections} -d{burst_s}s per burst, "
         f"after a {load.warmup_s} s warm-up per server",
         "env": extra_env,
+        "without": list(without),
         "seconds": round(time.monotonic() - started, 1),
         "variants": {
-            live.server.variant: {
+            live.label: {
                 "requests_per_s": statistics.median(b.requests_per_s for b in live.bursts),
                 "p99_ms": statistics.median(b.p99_ms for b in live.bursts),
                 "cpu_us_per_request": statistics.median(b.cpu_us_per_request for b in live.bursts),
@@ -227,6 +239,13 @@ def render(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.paired")
     parser.add_argument("--variant", action="append", help="ASGI variant(s); default devkit")
+    parser.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        choices=variants.DEVKIT_PARTS,
+        help="also a devkit server with this part switched off (repeatable)",
+    )
     parser.add_argument("--bursts", type=int, default=20, help="bursts per variant (20)")
     parser.add_argument("--burst-s", type=int, default=2, help="seconds per burst (2)")
     parser.add_argument(
@@ -244,7 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         extra[key] = value
     try:
         result = run(
-            args.variant or ["devkit"], args.bursts, args.burst_s, extra, server.LoadSettings()
+            args.variant or ["devkit"],
+            args.bursts,
+            args.burst_s,
+            extra,
+            server.LoadSettings(),
+            without=args.without,
         )
     except RuntimeError as exc:
         print(f"paired run failed: {exc}", file=sys.stderr)

@@ -5,6 +5,8 @@ from ``BENCH_SERVER_VARIANT`` and the receiver's base URL from ``BENCH_OTLP_ENDP
 both set by the harness. The variants are the in-process suites' (``benchmarks.variants``)
 wrapped around the same minimal Starlette app, so the server-level numbers measure the
 same instrumentation, with a real server, sockets and HTTP parsing around it.
+``BENCH_DEVKIT_OFF`` (comma-separated parts) switches parts of devkit off, for the
+paired run's ``--without``.
 
 Spans still queued when the server stops are flushed at lifespan shutdown, so the
 receiver's span count covers every request the variant answered.
@@ -14,28 +16,30 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, BinaryIO
 
 from benchmarks import apps
-from benchmarks.variants import ASGI_VARIANTS, Context, Unavailable
+from benchmarks.variants import ASGI_VARIANTS, Context, Unavailable, switch_off_devkit
 
-__all__ = ["ENDPOINT_ENV", "UNAVAILABLE_MARK", "VARIANT_ENV", "build", "create_app"]
+__all__ = ["ENDPOINT_ENV", "OFF_ENV", "UNAVAILABLE_MARK", "VARIANT_ENV", "build", "create_app"]
 
 VARIANT_ENV = "BENCH_SERVER_VARIANT"
 ENDPOINT_ENV = "BENCH_OTLP_ENDPOINT"
+OFF_ENV = "BENCH_DEVKIT_OFF"
 #: Printed on stderr when the variant cannot run here; the harness reports the rest of
 #: the line as the reason instead of a failure.
 UNAVAILABLE_MARK = "benchmark variant unavailable: "
 UNAVAILABLE_EXIT = 3
 
 
-def build(variant: str, endpoint: str, sink: BinaryIO) -> Any:
+def build(variant: str, endpoint: str, sink: BinaryIO, off: Sequence[str] = ()) -> Any:
     """The instrumented app for ``variant``; raises :class:`Unavailable` like the workers.
 
     ``sink`` takes the structlog access log of the OTel stack; devkit writes its records
-    to stdout, which the harness sends to /dev/null.
+    to stdout, which the harness sends to /dev/null. ``off`` names devkit parts to switch
+    off (:func:`benchmarks.variants.switch_off_devkit`).
     """
     try:
         make_variant = ASGI_VARIANTS[variant]
@@ -54,14 +58,18 @@ def build(variant: str, endpoint: str, sink: BinaryIO) -> Any:
         app.router.lifespan_context = lifespan
         return app
 
-    return make_variant(make_app, ctx)
+    app = make_variant(make_app, ctx)
+    if off:
+        switch_off_devkit(off)
+    return app
 
 
 def create_app() -> Any:
     """uvicorn's factory: build the variant named in the environment."""
     sink = open(os.devnull, "wb")  # noqa: SIM115 - lives as long as the server
     try:
-        return build(os.environ[VARIANT_ENV], os.environ[ENDPOINT_ENV], sink)
+        off = [part for part in os.environ.get(OFF_ENV, "").split(",") if part]
+        return build(os.environ[VARIANT_ENV], os.environ[ENDPOINT_ENV], sink, off)
     except Unavailable as exc:
         print(UNAVAILABLE_MARK + str(exc), file=sys.stderr, flush=True)
         raise SystemExit(UNAVAILABLE_EXIT) from None

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -30,11 +30,13 @@ from benchmarks.drivers import ASGIApp, Flush, Message, Receive, Send, StartResp
 
 __all__ = [
     "ASGI_VARIANTS",
+    "DEVKIT_PARTS",
     "OPTIONAL",
     "WSGI_VARIANTS",
     "Context",
     "Unavailable",
     "configure_structlog",
+    "switch_off_devkit",
 ]
 
 AppFactory = Callable[[], Any]
@@ -260,6 +262,36 @@ def _flush_devkit(runtime: Any) -> None:
             flushed = True
     if not flushed:
         raise RuntimeError("cannot find devkit's span export queue to flush (runtime.tracing)")
+
+
+#: The parts of devkit's per-request work that :func:`switch_off_devkit` can remove.
+DEVKIT_PARTS = ("logs", "span", "metrics")
+
+
+def switch_off_devkit(parts: Collection[str]) -> None:
+    """Remove ``parts`` of the initialised devkit's per-request work, to see what each costs.
+
+    For measurement only: the access record (``logs``), the server span with its tail
+    sampling and export (``span``), the RED metrics (``metrics``). Call it after the
+    devkit variant was built; requests served afterwards skip those parts.
+    """
+    unknown = set(parts) - set(DEVKIT_PARTS)
+    if unknown:
+        raise ValueError(
+            f"devkit parts are {','.join(DEVKIT_PARTS)}, not {','.join(sorted(unknown))}"
+        )
+    from devkit import _state
+
+    runtime = _state.current()
+    if runtime is None or runtime.instruments is None:
+        raise ValueError("switching devkit parts off needs a devkit variant (no devkit runtime)")
+    inst = runtime.instruments
+    if "logs" in parts:
+        inst.logs = None
+    if "span" in parts:
+        inst.server_spans = None
+    if "metrics" in parts:
+        inst.metrics = None
 
 
 # -- ASGI variants ------------------------------------------------------------------------

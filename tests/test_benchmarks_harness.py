@@ -25,7 +25,16 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from benchmarks import __main__ as bench_main  # noqa: E402
-from benchmarks import instructions, paired, report, runner, server, server_app, stats  # noqa: E402
+from benchmarks import (  # noqa: E402
+    instructions,
+    paired,
+    report,
+    runner,
+    server,
+    server_app,
+    stats,
+    variants,
+)
 from benchmarks.drivers import batch_sizes, calibrate, normalised  # noqa: E402
 from benchmarks.receiver import Receiver, Traffic  # noqa: E402
 from benchmarks.suites import SUITES  # noqa: E402
@@ -365,6 +374,27 @@ def test_server_app_builds_the_variant_with_a_flushing_lifespan() -> None:
         server_app.build("nope", "http://127.0.0.1:9", io.BytesIO())
 
 
+def test_server_app_switches_the_named_devkit_parts_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from devkit import _state
+
+    # The devkit variant sets these for its own process; give them back after the test.
+    for name in ("DEVKIT_SERVICE_NAME", "DEVKIT_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        monkeypatch.setenv(name, "")
+    server_app.build("devkit", "http://127.0.0.1:9", io.BytesIO(), off=["logs", "span"])
+    runtime = _state.current()
+    assert runtime is not None and runtime.instruments is not None
+    inst = runtime.instruments
+    assert inst.logs is None and inst.server_spans is None
+    assert inst.metrics is not None
+    with pytest.raises(ValueError, match="not tracing"):
+        variants.switch_off_devkit(["tracing"])
+
+
+def test_switching_devkit_parts_off_needs_devkit() -> None:
+    with pytest.raises(ValueError, match="needs a devkit variant"):
+        variants.switch_off_devkit(["logs"])
+
+
 def _server_run(rps: list[float], cpu: list[float], spans: int) -> runner.VariantRun:
     vrun = runner.VariantRun()
     vrun.samples = {
@@ -516,7 +546,14 @@ def test_cpu_use_reads_the_process_and_its_main_thread() -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--bursts", "1"], ["--burst-s", "0"], ["--env", "NOEQUALS"], ["--env", "=x"]]
+    "argv",
+    [
+        ["--bursts", "1"],
+        ["--burst-s", "0"],
+        ["--env", "NOEQUALS"],
+        ["--env", "=x"],
+        ["--without", "tracing"],
+    ],
 )
 def test_paired_command_line_rejects_bad_arguments(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:

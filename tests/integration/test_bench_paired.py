@@ -33,19 +33,24 @@ def test_paired_run_measures_and_pairs_every_burst(tmp_path: Path) -> None:
     out = tmp_path / "paired.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.paired", "--bursts", "2", "--burst-s", "1",
-         "--env", "DEVKIT_SAMPLE_SUCCESS_RATIO=1.0", "--json", str(out)],
+         "--env", "DEVKIT_SAMPLE_SUCCESS_RATIO=1.0", "--without", "span", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| devkit |" in proc.stdout
     result = json.loads(out.read_text())
     assert result["bursts"] == 2 and result["env"] == {"DEVKIT_SAMPLE_SUCCESS_RATIO": "1.0"}
-    assert set(result["variants"]) == {"bare", "devkit"}
+    assert set(result["variants"]) == {"bare", "devkit", "devkit without span"}
+    assert result["without"] == ["span"]
     devkit = result["variants"]["devkit"]
     assert devkit["requests_per_s"] > 0 and devkit["cpu_us_per_request"] > 0
     # Every trace kept: the export thread works, off the request thread.
     assert 0 < devkit["request_thread_cpu_us_per_request"] <= devkit["cpu_us_per_request"]
     assert devkit["background_cpu_us_per_request"] > 0
+    # The server without the span has nothing to export: the switch reached the server.
+    no_span = result["variants"]["devkit without span"]
+    assert no_span["requests_per_s"] > 0 and len(no_span["paired"]["requests_per_s"]["ratios"]) == 2
+    assert no_span["background_cpu_us_per_request"] < devkit["background_cpu_us_per_request"]
     ratios = devkit["paired"]["requests_per_s"]["ratios"]
     assert len(ratios) == 2 and all(r > 0 for r in ratios)
     low, high = devkit["paired"]["requests_per_s"]["interval_95"]
