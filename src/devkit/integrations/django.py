@@ -9,6 +9,7 @@ active there and in every other middleware, so their logs carry the trace id.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from devkit import _errors, _state
@@ -21,7 +22,7 @@ from devkit.middleware._common import (
     probe_answer,
 )
 
-__all__ = ["DevkitMiddleware", "enable"]
+__all__ = ["PATCHES", "DevkitMiddleware"]
 
 MIDDLEWARE_PATH = "devkit.integrations.django.DevkitMiddleware"
 _EXC_ATTR = "_devkit_exception"
@@ -110,10 +111,9 @@ def _response(answer: Answer) -> Any:
     return response
 
 
-def enable() -> Callable[[], None]:
+def _patch_handler(module: ModuleType) -> Callable[[], None]:
     """Insert the middleware first whenever Django builds a handler after ``init()``."""
-    from django.core.handlers.base import BaseHandler
-
+    BaseHandler = module.BaseHandler
     original = BaseHandler.load_middleware
     if getattr(original, "_devkit_patched", False):
         return lambda: None
@@ -136,3 +136,9 @@ def enable() -> Callable[[], None]:
         BaseHandler.load_middleware = original
 
     return undo
+
+
+#: (module, patch): Django's handler is patched once its module is imported.
+PATCHES: list[tuple[str, Callable[[ModuleType], Callable[[], None]]]] = [
+    ("django.core.handlers.base", _patch_handler),
+]

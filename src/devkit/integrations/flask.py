@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from functools import partial
+from types import ModuleType
 from typing import Any
 
 from devkit.middleware._common import EXCEPTION_KEY, ROUTE_KEY
 from devkit.middleware.wsgi import WSGIMiddleware
 
-__all__ = ["enable", "record_exception"]
+__all__ = ["PATCHES", "record_exception"]
 
 _PATCH_FLAG = "_devkit_patched"
 _INSTANCE_KEY = "_devkit_middleware"
@@ -29,9 +30,7 @@ def record_exception(sender: Any, exception: BaseException, **_: Any) -> None:
     request.environ[EXCEPTION_KEY] = exception
 
 
-def enable() -> Callable[[], None]:
-    import flask
-
+def _patch_flask(flask: ModuleType) -> Callable[[], None]:
     original = flask.Flask.wsgi_app
     if getattr(original, _PATCH_FLAG, False):
         return lambda: None
@@ -44,7 +43,7 @@ def enable() -> Callable[[], None]:
         return middleware(environ, start_response)  # type: ignore[no-any-return]
 
     setattr(wsgi_app, _PATCH_FLAG, True)
-    flask.Flask.wsgi_app = wsgi_app  # type: ignore[method-assign]
+    flask.Flask.wsgi_app = wsgi_app
     flask.got_request_exception.connect(record_exception)
 
     from flask.ctx import RequestContext
@@ -60,8 +59,14 @@ def enable() -> Callable[[], None]:
     RequestContext.match_request = match_request  # type: ignore[method-assign]
 
     def undo() -> None:
-        flask.Flask.wsgi_app = original  # type: ignore[method-assign]
+        flask.Flask.wsgi_app = original
         RequestContext.match_request = original_match  # type: ignore[method-assign]
         flask.got_request_exception.disconnect(record_exception)
 
     return undo
+
+
+#: (module, patch): Flask is patched once the ``flask`` package is imported.
+PATCHES: list[tuple[str, Callable[[ModuleType], Callable[[], None]]]] = [
+    ("flask", _patch_flask),
+]

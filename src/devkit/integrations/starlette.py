@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from types import ModuleType
 from typing import Any
 
 from devkit.middleware._common import ACTIVE_KEY
 from devkit.middleware.asgi import ASGIMiddleware
 
-__all__ = ["enable"]
+__all__ = ["PATCHES"]
 
 _PATCH_FLAG = "_devkit_patched"
 
@@ -45,24 +46,19 @@ def _patch(cls: type, key: str) -> Callable[[], None]:
     return lambda: type.__setattr__(cls, "__call__", original)
 
 
-def _fastapi_class() -> type | None:
-    try:
-        from fastapi import FastAPI
-    except ImportError:
-        return None
-    return FastAPI
+def _patch_starlette(module: ModuleType) -> Callable[[], None]:
+    return _patch(module.Starlette, "_devkit_middleware")
 
 
-def enable() -> Callable[[], None]:
-    from starlette.applications import Starlette
+def _patch_fastapi(module: ModuleType) -> Callable[[], None]:
+    app_class = module.FastAPI
+    if "__call__" not in app_class.__dict__:
+        return lambda: None  # inherits Starlette.__call__, patched already
+    return _patch(app_class, "_devkit_fastapi_middleware")
 
-    undos = [_patch(Starlette, "_devkit_middleware")]
-    fastapi_app = _fastapi_class()
-    if fastapi_app is not None and "__call__" in fastapi_app.__dict__:
-        undos.append(_patch(fastapi_app, "_devkit_fastapi_middleware"))
 
-    def undo() -> None:
-        for action in reversed(undos):
-            action()
-
-    return undo
+#: (module, patch): each class is patched once the module that defines it is imported.
+PATCHES: list[tuple[str, Callable[[ModuleType], Callable[[], None]]]] = [
+    ("starlette.applications", _patch_starlette),
+    ("fastapi.applications", _patch_fastapi),
+]
