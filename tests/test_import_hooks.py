@@ -111,3 +111,19 @@ def test_a_module_that_does_not_exist_still_raises_import_error(module_dir: Path
     assert seen == []
     cancel()
     assert not _watching()
+
+
+def test_a_watched_package_keeps_its_path_for_later_submodules(module_dir: Path) -> None:
+    package = module_dir / "dk_hook_whole"
+    package.mkdir()
+    (package / "__init__.py").write_text("VALUE = 2\n", encoding="utf-8")
+    _write(package, "later", "VALUE = 3\n")
+    seen: list[int] = []
+    when_imported("dk_hook_whole", lambda m: seen.append(m.VALUE))
+    import dk_hook_whole  # type: ignore[import-not-found]
+
+    assert seen == [2]
+    assert dk_hook_whole.__spec__.loader is dk_hook_whole.__loader__
+    from dk_hook_whole import later  # type: ignore[import-not-found]
+
+    assert later.VALUE == 3
