@@ -28,6 +28,15 @@ def _write(directory: Path, name: str, body: str = "VALUE = 1\n") -> None:
     (directory / f"{name}.py").write_text(body, encoding="utf-8")
 
 
+def _package(directory: Path, name: str, init: str, **modules: str) -> None:
+    """Package ``name`` with ``init`` as its ``__init__`` and one file per ``modules`` item."""
+    package = directory / name
+    package.mkdir()
+    (package / "__init__.py").write_text(init, encoding="utf-8")
+    for module, body in modules.items():
+        _write(package, module, body)
+
+
 def _watching() -> bool:
     return any(isinstance(f, _import_hooks.WatchedImports) for f in sys.meta_path)
 
@@ -64,10 +73,7 @@ def test_an_imported_module_gets_the_callback_at_once(module_dir: Path) -> None:
 
 
 def test_a_submodule_is_watched_by_its_dotted_name(module_dir: Path) -> None:
-    package = module_dir / "dk_hook_pkg"
-    package.mkdir()
-    (package / "__init__.py").write_text("", encoding="utf-8")
-    _write(package, "inner", "class Thing:\n    pass\n")
+    _package(module_dir, "dk_hook_pkg", "", inner="class Thing:\n    pass\n")
     seen: list[str] = []
     when_imported("dk_hook_pkg.inner", lambda m: seen.append(m.Thing.__name__))
     import dk_hook_pkg  # type: ignore[import-not-found]  # noqa: F401
@@ -114,10 +120,7 @@ def test_a_module_that_does_not_exist_still_raises_import_error(module_dir: Path
 
 
 def test_a_watched_package_keeps_its_path_for_later_submodules(module_dir: Path) -> None:
-    package = module_dir / "dk_hook_whole"
-    package.mkdir()
-    (package / "__init__.py").write_text("VALUE = 2\n", encoding="utf-8")
-    _write(package, "later", "VALUE = 3\n")
+    _package(module_dir, "dk_hook_whole", "VALUE = 2\n", later="VALUE = 3\n")
     seen: list[int] = []
     when_imported("dk_hook_whole", lambda m: seen.append(m.VALUE))
     import dk_hook_whole  # type: ignore[import-not-found]
