@@ -1,7 +1,7 @@
 """CPU instructions per in-process request under valgrind's callgrind: a deterministic count.
 
 ``python -m benchmarks.instructions [--suite asgi-starlette|asgi-fastapi|wsgi-flask]
-[--variant devkit] [--off logs,span] [--cache]``
+[--variant devkit] [--off logs,span] [--cache] [--server [--seconds 15] [--warmup 3]]``
 
 Timing on a shared machine moves by tens of percent between runs; an instruction count
 does not, so it is how a small change to the request path is judged. The variant's app
@@ -18,7 +18,20 @@ full ``gc.collect()`` after the warm-up (the first full collection of a large he
 otherwise land inside the count). ``--off`` switches parts of devkit off after
 ``init()`` (``logs``, ``span``, ``metrics``) to price each part by difference.
 
-Needs ``valgrind`` (Debian package ``valgrind``); takes one to three minutes.
+``--server`` counts the whole uvicorn process instead (the server suite's Starlette app,
+``--http h11 --loop asyncio``): the server starts under callgrind with counting off,
+wrk loads it with one connection for ``--warmup`` seconds, then counting is switched on
+(``callgrind_control``) for ``--seconds`` of the same load and off again, and the counts
+are divided by the requests wrk completed in that window. One request at a time takes the
+same path every time; with more connections, how many requests one event-loop turn
+serves changes from run to run and moves the count by a few per cent. What remains
+varies by about 1 % between runs: work driven by the clock (the event loop's timers,
+devkit's loop monitor), which under callgrind's fifty-fold slowdown falls on fewer
+requests. Real servers also pay for the kernel's work between requests, which callgrind
+does not see.
+
+Needs ``valgrind`` (Debian package ``valgrind``); takes one to three minutes (with
+``--server``, ``wrk`` too, and about a minute).
 """
 
 from __future__ import annotations
@@ -34,14 +47,33 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import drivers, variants
+from benchmarks import drivers, runner, server, server_app, variants
 from benchmarks._worker import _FACTORIES
 from benchmarks.receiver import Receiver
 from benchmarks.suites import SUITES
 
-__all__ = ["per_request", "summary_counts"]
+__all__ = ["per_request", "summary_counts", "totals_counts"]
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Under callgrind, start-up (imports) and each callgrind_control call are slow.
+_VALGRIND_START_S = 300.0
+
+
+def totals_counts(text: str) -> dict[str, int]:
+    """``{event: count}`` from the ``totals:`` line (callgrind leaves trailing zeros out).
+
+    A run that starts with instrumentation off (``--instr-atstart=no``) writes a zero
+    ``summary:``; its ``totals:`` line holds what was counted.
+    """
+    events = re.search(r"^events:\s*(.+)$", text, re.M)
+    totals = re.search(r"^totals:\s*(.+)$", text, re.M)
+    if events is None or totals is None:
+        raise ValueError("not a callgrind output file (no events/totals line)")
+    names, values = events.group(1).split(), totals.group(1).split()
+    if len(values) > len(names):
+        raise ValueError("callgrind totals have more values than events")
+    values += ["0"] * (len(names) - len(values))
+    return {name: int(value) for name, value in zip(names, values, strict=True)}
 
 
 def summary_counts(text: str) -> dict[str, int]:
@@ -116,6 +148,53 @@ def _count(args: argparse.Namespace, requests: int, out: Path) -> dict[str, int]
     return summary_counts(out.read_text(errors="replace"))
 
 
+def _server_counts(args: argparse.Namespace) -> tuple[dict[str, float], int]:
+    """uvicorn serving the variant under callgrind, counted only while wrk loads it with
+    one connection (one request at a time, the same path every time); per request."""
+    env = {**runner.server_env(), "PYTHONHASHSEED": "0", "DEVKIT_SAMPLE_SUCCESS_RATIO": "0"}
+    if args.off:
+        env[server_app.OFF_ENV] = ",".join(args.off)
+    load = server.LoadSettings(connections=1, threads=1)
+    receiver = Receiver().start()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp, "server.out")
+        prefix = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={out}",
+            *(["--cache-sim=yes"] if args.cache else []),
+        ]
+        live = server.LiveServer(args.variant, receiver.endpoint, env, ROOT, prefix=prefix)
+        try:
+            live.wait_ready(timeout_s=_VALGRIND_START_S)
+            live.load(args.warmup, load)
+            _control(live.proc.pid, "--instr=on")
+            result, _cpu = live.load(args.seconds, load)
+            _control(live.proc.pid, "--instr=off")
+            _control(live.proc.pid, "--dump")
+        finally:
+            live.stop()
+            receiver.stop()
+        totals: dict[str, int] = {}
+        for path in sorted(Path(tmp).glob("server.out*")):
+            for name, value in totals_counts(path.read_text(errors="replace")).items():
+                totals[name] = totals.get(name, 0) + value
+    if not result.requests or not totals:
+        raise RuntimeError("no requests counted")
+    return {name: value / result.requests for name, value in totals.items()}, result.requests
+
+
+def _control(pid: int, action: str) -> None:
+    subprocess.run(
+        ["callgrind_control", action, str(pid)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=_VALGRIND_START_S,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions")
     parser.add_argument("--suite", choices=sorted(_FACTORIES), default="asgi-starlette")
@@ -127,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         help="devkit parts switched off: any of logs,span,metrics",
     )
     parser.add_argument("--cache", action="store_true", help="simulate caches too")
+    parser.add_argument(
+        "--server",
+        action="store_true",
+        help="count the whole uvicorn process under wrk instead (Starlette app)",
+    )
+    parser.add_argument("--seconds", type=int, default=15, help="--server: counted load")
+    parser.add_argument("--warmup", type=int, default=3, help="--server: load before counting")
     parser.add_argument("--small", type=int, default=300)
     parser.add_argument("--large", type=int, default=1300)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -141,6 +227,18 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
+    if args.server:
+        reason = server.unavailable_reason()
+        if reason is not None:
+            print(reason, file=sys.stderr)
+            return 2
+        counts, requests = _server_counts(args)
+        label = f"server {args.variant}" + (f" (off: {','.join(args.off)})" if args.off else "")
+        print(
+            f"{label}, {requests:,} requests: "
+            + ", ".join(f"{name} {round(value):,}" for name, value in counts.items())
+        )
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         small = _count(args, args.small, Path(tmp, "small.out"))
         large = _count(args, args.large, Path(tmp, "large.out"))

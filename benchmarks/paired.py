@@ -1,7 +1,7 @@
 """Server level, paired: one live server per variant, short wrk bursts alternated between them.
 
 ``python -m benchmarks.paired [--variant devkit] [--without PART] [--bursts 20] [--burst-s 2]
-[--env K=V]``
+[--env K=V] [--uvicorn h11|standard]``
 
 The server suite starts a fresh server for each 8 s round; on a shared machine whose
 speed drifts within seconds, five such rounds resolve devkit's ``x bare`` to about
@@ -21,6 +21,10 @@ bursts x variants x burst length, plus start-up.
 ``--without logs`` (or ``span``, ``metrics``; repeatable) adds a devkit server with that
 part switched off, paired like the rest: what each part costs at server level, where
 the in-process figures understate it.
+
+``--uvicorn standard`` serves every variant with httptools and uvloop (what
+``uvicorn[standard]`` installs) instead of the pinned h11 + asyncio: the bare app is then
+several times faster per request, and the same devkit cost a larger share of it.
 """
 
 from __future__ import annotations
@@ -129,10 +133,11 @@ def run(
     load: server.LoadSettings,
     seed: int = 0,
     without: Sequence[str] = (),
+    stack: str = "h11",
 ) -> dict[str, Any]:
     """Start ``bare``, each variant and a devkit server per part in ``without`` (that part
-    switched off), alternate the bursts, summarise the pairs."""
-    reason = server.unavailable_reason()
+    switched off), all on uvicorn's ``stack``, alternate the bursts, summarise the pairs."""
+    reason = server.unavailable_reason() or server.stack_unavailable(stack)
     if reason is not None:
         raise RuntimeError(reason)
     started = time.monotonic()
@@ -141,11 +146,15 @@ def run(
     lives: list[_Live] = []
     try:
         for variant in ("bare", *variants):
-            started_server = server.LiveServer(variant, receiver.endpoint, env, runner.ROOT)
+            started_server = server.LiveServer(
+                variant, receiver.endpoint, env, runner.ROOT, stack=stack
+            )
             lives.append(_Live(variant, started_server))
         for part in without:
             off_env = {**env, server_app.OFF_ENV: part}
-            started_server = server.LiveServer("devkit", receiver.endpoint, off_env, runner.ROOT)
+            started_server = server.LiveServer(
+                "devkit", receiver.endpoint, off_env, runner.ROOT, stack=stack
+            )
             lives.append(_Live(f"devkit without {part}", started_server))
         for live in lives:
             live.server.wait_ready()
@@ -166,6 +175,7 @@ def run(
         f"after a {load.warmup_s} s warm-up per server",
         "env": extra_env,
         "without": list(without),
+        "uvicorn": "--http {} --loop {}".format(*server.STACKS[stack]),
         "seconds": round(time.monotonic() - started, 1),
         "variants": {
             live.label: {
@@ -203,8 +213,8 @@ def _thread_split(bursts: Sequence[Burst]) -> dict[str, float]:
 def render(result: dict[str, Any]) -> str:
     lines = [
         f"server level, paired: {result['bursts']} bursts of {result['burst_s']} s per "
-        f"variant, alternating between live servers ({result['load']}), "
-        f"{result['seconds']} s",
+        f"variant, alternating between live servers ({result['load']}; uvicorn "
+        f"{result.get('uvicorn', '--http h11 --loop asyncio')}), {result['seconds']} s",
         "",
         "| variant | req/s | server CPU µs/req | request thread | background threads "
         "| x bare req/s, paired median | IQR | 95 % interval | CPU x bare, paired median "
@@ -251,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="for every server"
     )
+    parser.add_argument(
+        "--uvicorn",
+        choices=sorted(server.STACKS),
+        default="h11",
+        help="uvicorn's parser and loop: h11 + asyncio (default) or httptools + uvloop",
+    )
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
     if args.bursts < 2 or args.burst_s < 1:
@@ -269,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             extra,
             server.LoadSettings(),
             without=args.without,
+            stack=args.uvicorn,
         )
     except RuntimeError as exc:
         print(f"paired run failed: {exc}", file=sys.stderr)

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -34,6 +35,7 @@ from benchmarks.server_app import ENDPOINT_ENV, UNAVAILABLE_MARK, VARIANT_ENV
 
 __all__ = [
     "HOST",
+    "STACKS",
     "CpuUse",
     "LiveServer",
     "LoadSettings",
@@ -42,6 +44,7 @@ __all__ = [
     "command",
     "measure",
     "parse_wrk",
+    "stack_unavailable",
     "unavailable_reason",
     "wrk_version",
 ]
@@ -174,8 +177,26 @@ def _run_wrk(port: int, duration_s: int, load: LoadSettings) -> WrkResult:
 # -- the server ---------------------------------------------------------------------------
 
 
-def command(port: int) -> list[str]:
-    """The uvicorn command line: one worker, no access log, warnings only."""
+#: uvicorn's HTTP parser and event loop per stack. ``h11`` (pure Python, what a plain
+#: ``pip install uvicorn`` gives) is the default and is pinned, so that results do not
+#: change when httptools or uvloop happen to be installed; ``standard`` is what
+#: ``uvicorn[standard]`` gives, several times faster per request, so that the same
+#: devkit cost is a larger share of it.
+STACKS = {"h11": ("h11", "asyncio"), "standard": ("httptools", "uvloop")}
+
+
+def stack_unavailable(stack: str) -> str | None:
+    """Why uvicorn cannot run with ``stack`` here, or None."""
+    missing = [name for name in STACKS[stack] if name != "asyncio" and find_spec(name) is None]
+    if missing:
+        return f"{' and '.join(missing)} not installed (pip install {' '.join(missing)})"
+    return None
+
+
+def command(port: int, stack: str = "h11") -> list[str]:
+    """The uvicorn command line: one worker, no access log, warnings only, the parser and
+    loop of ``stack`` (:data:`STACKS`)."""
+    http, loop = STACKS[stack]
     return [
         sys.executable,
         "-m",
@@ -193,6 +214,10 @@ def command(port: int) -> list[str]:
         "warning",
         "--lifespan",
         "on",
+        "--http",
+        http,
+        "--loop",
+        loop,
     ]
 
 
@@ -260,8 +285,10 @@ class CpuUse:
 class LiveServer:
     """One uvicorn serving ``variant`` on a free port of 127.0.0.1 until :meth:`stop`.
 
-    Shared by the server suite (a fresh server per round) and the paired run (one server
-    per variant kept up across bursts), so both start, load and stop servers alike.
+    Shared by the server suite (a fresh server per round), the paired run (one server
+    per variant kept up across bursts) and the server-level instruction count, so all
+    start, load and stop servers alike. ``prefix`` runs uvicorn under another program
+    (valgrind); ``stack`` picks uvicorn's parser and loop (:data:`STACKS`).
     """
 
     def __init__(
@@ -271,20 +298,22 @@ class LiveServer:
         env: dict[str, str],
         cwd: Path,
         stderr: IO[bytes] | int = subprocess.DEVNULL,
+        prefix: Sequence[str] = (),
+        stack: str = "h11",
     ) -> None:
         self.variant = variant
         self.port = _free_port()
         self.proc = subprocess.Popen(
-            command(self.port),
+            [*prefix, *command(self.port, stack)],
             cwd=cwd,
             env={**env, VARIANT_ENV: variant, ENDPOINT_ENV: endpoint},
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
 
-    def wait_ready(self) -> int:
+    def wait_ready(self, timeout_s: float = _START_TIMEOUT_S) -> int:
         """Poll until the app answers 200; returns the number of requests it took."""
-        deadline = time.monotonic() + _START_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         probes = 0
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -293,7 +322,7 @@ class LiveServer:
             if _answers(self.port):
                 return probes
             time.sleep(0.1)
-        raise RuntimeError(f"server did not answer 200 on {PATH} within {_START_TIMEOUT_S:.0f} s")
+        raise RuntimeError(f"server did not answer 200 on {PATH} within {timeout_s:.0f} s")
 
     def load(self, duration_s: int, load: LoadSettings) -> tuple[WrkResult, CpuUse]:
         """Load the server with wrk; returns wrk's result and the CPU the server used."""

@@ -288,6 +288,23 @@ def test_server_command_is_one_uvicorn_worker_on_loopback_without_access_log() -
     assert cmd[cmd.index("--workers") + 1] == "1"
     assert cmd[cmd.index("--log-level") + 1] == "warning"
     assert "--no-access-log" in cmd and "--factory" in cmd
+    # The parser and loop are pinned: installing httptools/uvloop changes nothing.
+    assert cmd[cmd.index("--http") + 1] == "h11"
+    assert cmd[cmd.index("--loop") + 1] == "asyncio"
+    standard = server.command(8123, "standard")
+    assert standard[standard.index("--http") + 1] == "httptools"
+    assert standard[standard.index("--loop") + 1] == "uvloop"
+
+
+def test_standard_stack_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert server.stack_unavailable("h11") is None
+    monkeypatch.setattr(server, "find_spec", lambda name: None if name == "uvloop" else object())
+    assert server.stack_unavailable("standard") == "uvloop not installed (pip install uvloop)"
+    monkeypatch.setattr(server, "find_spec", lambda name: None)
+    assert server.stack_unavailable("h11") == "h11 not installed (pip install h11)"
+    assert server.stack_unavailable("standard") == (
+        "httptools and uvloop not installed (pip install httptools uvloop)"
+    )
 
 
 def test_server_suite_unavailable_without_wrk(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -462,6 +479,17 @@ def test_instruction_counts_per_request_by_difference() -> None:
         instructions.summary_counts("summary: 5\n")
 
 
+def test_server_counts_read_the_totals_line() -> None:
+    # Counting starts off (--instr-atstart=no): the summary line is zero, the totals
+    # line holds the counted window and leaves trailing zero events out.
+    text = "events: Ir Dr I1mr\nsummary: 0\nfn=(1) f\n0 5\ntotals: 765000 225000\n"
+    assert instructions.totals_counts(text) == {"Ir": 765000, "Dr": 225000, "I1mr": 0}
+    with pytest.raises(ValueError, match="not a callgrind"):
+        instructions.totals_counts("events: Ir\nsummary: 0\n")
+    with pytest.raises(ValueError, match="more values"):
+        instructions.totals_counts("events: Ir\ntotals: 1 2\n")
+
+
 def test_instruction_counts_reject_unknown_parts(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         instructions.main(["--off", "logs,db"])
@@ -553,6 +581,7 @@ def test_cpu_use_reads_the_process_and_its_main_thread() -> None:
         ["--env", "NOEQUALS"],
         ["--env", "=x"],
         ["--without", "tracing"],
+        ["--uvicorn", "uvloop"],
     ],
 )
 def test_paired_command_line_rejects_bad_arguments(argv: list[str]) -> None:
