@@ -25,10 +25,10 @@ wrk loads it with one connection for ``--warmup`` seconds, then counting is swit
 are divided by the requests wrk completed in that window. One request at a time takes the
 same path every time; with more connections, how many requests one event-loop turn
 serves changes from run to run and moves the count by a few per cent. What remains
-varies by about 1 % between runs: work driven by the clock (the event loop's timers,
-devkit's loop monitor), which under callgrind's fifty-fold slowdown falls on fewer
-requests. Real servers also pay for the kernel's work between requests, which callgrind
-does not see.
+varies by about 1 % between runs: work that does not come once per request (timers,
+which callgrind's fifty-fold slowdown spreads over fewer requests, and the occasional
+full garbage collection) lands in the window or not. Real servers also pay for the
+kernel's work between requests, which callgrind does not see.
 
 Needs ``valgrind`` (Debian package ``valgrind``); takes one to three minutes (with
 ``--server``, ``wrk`` too, and about a minute).
@@ -65,24 +65,25 @@ def totals_counts(text: str) -> dict[str, int]:
     A run that starts with instrumentation off (``--instr-atstart=no``) writes a zero
     ``summary:``; its ``totals:`` line holds what was counted.
     """
-    events = re.search(r"^events:\s*(.+)$", text, re.M)
-    totals = re.search(r"^totals:\s*(.+)$", text, re.M)
-    if events is None or totals is None:
-        raise ValueError("not a callgrind output file (no events/totals line)")
-    names, values = events.group(1).split(), totals.group(1).split()
+    names, values = _event_line(text, "totals")
     if len(values) > len(names):
         raise ValueError("callgrind totals have more values than events")
     values += ["0"] * (len(names) - len(values))
     return {name: int(value) for name, value in zip(names, values, strict=True)}
 
 
+def _event_line(text: str, key: str) -> tuple[list[str], list[str]]:
+    """The event names and the values of the ``key:`` line of a callgrind output file."""
+    events = re.search(r"^events:\s*(.+)$", text, re.M)
+    line = re.search(rf"^{key}:\s*(.+)$", text, re.M)
+    if events is None or line is None:
+        raise ValueError(f"not a callgrind output file (no events/{key} line)")
+    return events.group(1).split(), line.group(1).split()
+
+
 def summary_counts(text: str) -> dict[str, int]:
     """``{event: count}`` from a callgrind output file's ``events:`` and ``summary:`` lines."""
-    events = re.search(r"^events:\s*(.+)$", text, re.M)
-    summary = re.search(r"^summary:\s*(.+)$", text, re.M)
-    if events is None or summary is None:
-        raise ValueError("not a callgrind output file (no events/summary line)")
-    names, values = events.group(1).split(), summary.group(1).split()
+    names, values = _event_line(text, "summary")
     if len(names) != len(values):
         raise ValueError("callgrind events and summary do not match")
     return {name: int(value) for name, value in zip(names, values, strict=True)}
@@ -229,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.server:
         reason = server.unavailable_reason()
+        if shutil.which("callgrind_control") is None:
+            reason = "callgrind_control not installed (apt-get install valgrind)"
         if reason is not None:
             print(reason, file=sys.stderr)
             return 2
