@@ -1,7 +1,8 @@
 """CPU instructions per in-process request under valgrind's callgrind: a deterministic count.
 
 ``python -m benchmarks.instructions [--suite asgi-starlette|asgi-fastapi|wsgi-flask]
-[--variant devkit] [--off logs,span] [--cache] [--server [--seconds 15] [--warmup 3]]``
+[--variant devkit] [--off logs,span] [--cache]
+[--server [--seconds 15] [--warmup 3] [--uvicorn h11|standard]]``
 
 Timing on a shared machine moves by tens of percent between runs; an instruction count
 does not, so it is how a small change to the request path is judged. The variant's app
@@ -19,16 +20,17 @@ otherwise land inside the count). ``--off`` switches parts of devkit off after
 ``init()`` (``logs``, ``span``, ``metrics``) to price each part by difference.
 
 ``--server`` counts the whole uvicorn process instead (the server suite's Starlette app,
-``--http h11 --loop asyncio``): the server starts under callgrind with counting off,
-wrk loads it with one connection for ``--warmup`` seconds, then counting is switched on
-(``callgrind_control``) for ``--seconds`` of the same load and off again, and the counts
-are divided by the requests wrk completed in that window. One request at a time takes the
-same path every time; with more connections, how many requests one event-loop turn
-serves changes from run to run and moves the count by a few per cent. What remains
-varies by about 1 % between runs: work that does not come once per request (timers,
-which callgrind's fifty-fold slowdown spreads over fewer requests, and the occasional
-full garbage collection) lands in the window or not. Real servers also pay for the
-kernel's work between requests, which callgrind does not see.
+``--http h11 --loop asyncio``, or httptools and uvloop with ``--uvicorn standard``): the
+server starts under callgrind with counting off, wrk loads it with one connection for
+``--warmup`` seconds, then counting is switched on (``callgrind_control``) for
+``--seconds`` of the same load and off again, and the counts are divided by the requests
+wrk completed in that window. One request at a time takes the same path every time;
+with more connections, how many requests one event-loop turn serves changes from run to
+run and moves the count by a few per cent. What remains varies by about 1 % between
+runs: work that does not come once per request (timers, which callgrind's fifty-fold
+slowdown spreads over fewer requests, and the occasional full garbage collection) lands
+in the window or not. Real servers also pay for the kernel's work between requests,
+which callgrind does not see.
 
 Needs ``valgrind`` (Debian package ``valgrind``); takes one to three minutes (with
 ``--server``, ``wrk`` too, and about a minute).
@@ -166,7 +168,9 @@ def _server_counts(args: argparse.Namespace) -> tuple[dict[str, float], int]:
             f"--callgrind-out-file={out}",
             *(["--cache-sim=yes"] if args.cache else []),
         ]
-        live = server.LiveServer(args.variant, receiver.endpoint, env, ROOT, prefix=prefix)
+        live = server.LiveServer(
+            args.variant, receiver.endpoint, env, ROOT, prefix=prefix, stack=args.uvicorn
+        )
         try:
             live.wait_ready(timeout_s=_VALGRIND_START_S)
             live.load(args.warmup, load)
@@ -214,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seconds", type=int, default=15, help="--server: counted load")
     parser.add_argument("--warmup", type=int, default=3, help="--server: load before counting")
+    parser.add_argument(
+        "--uvicorn",
+        choices=sorted(server.STACKS),
+        default="h11",
+        help="--server: uvicorn's parser and loop (as in benchmarks.paired)",
+    )
     parser.add_argument("--small", type=int, default=300)
     parser.add_argument("--large", type=int, default=1300)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -229,14 +239,16 @@ def main(argv: list[str] | None = None) -> int:
         print("valgrind not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
     if args.server:
-        reason = server.unavailable_reason()
+        reason = server.unavailable_reason() or server.stack_unavailable(args.uvicorn)
         if shutil.which("callgrind_control") is None:
             reason = "callgrind_control not installed (apt-get install valgrind)"
         if reason is not None:
             print(reason, file=sys.stderr)
             return 2
         counts, requests = _server_counts(args)
-        label = f"server {args.variant}" + (f" (off: {','.join(args.off)})" if args.off else "")
+        label = f"server ({args.uvicorn}) {args.variant}" + (
+            f" (off: {','.join(args.off)})" if args.off else ""
+        )
         print(
             f"{label}, {requests:,} requests: "
             + ", ".join(f"{name} {round(value):,}" for name, value in counts.items())

@@ -34,7 +34,7 @@ def test_server_instruction_count_counts_the_loaded_window() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    found = re.search(r"^server bare, ([\d,]+) requests: Ir ([\d,]+)", proc.stdout, re.M)
+    found = re.search(r"^server \(h11\) bare, ([\d,]+) requests: Ir ([\d,]+)", proc.stdout, re.M)
     assert found is not None, proc.stdout
     requests, per_request = (int(g.replace(",", "")) for g in found.groups())
     assert requests > 0
