@@ -179,9 +179,9 @@ def _run_wrk(port: int, duration_s: int, load: LoadSettings) -> WrkResult:
 
 #: uvicorn's HTTP parser and event loop per stack. ``h11`` (pure Python, what a plain
 #: ``pip install uvicorn`` gives) is the default and is pinned, so that results do not
-#: change when httptools or uvloop happen to be installed; ``standard`` is what
-#: ``uvicorn[standard]`` gives, several times faster per request, so that the same
-#: devkit cost is a larger share of it.
+#: change when httptools or uvloop happen to be installed. ``standard`` is what
+#: ``uvicorn[standard]`` gives: several times faster per request, so the same devkit
+#: cost is a larger share of it.
 STACKS = {"h11": ("h11", "asyncio"), "standard": ("httptools", "uvloop")}
 
 

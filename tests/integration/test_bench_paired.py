@@ -42,6 +42,7 @@ def test_paired_run_measures_and_pairs_every_burst(tmp_path: Path) -> None:
     assert result["bursts"] == 2 and result["env"] == {"DEVKIT_SAMPLE_SUCCESS_RATIO": "1.0"}
     assert set(result["variants"]) == {"bare", "devkit", "devkit without span"}
     assert result["without"] == ["span"]
+    assert result["uvicorn"] == "--http h11 --loop asyncio"
     devkit = result["variants"]["devkit"]
     assert devkit["requests_per_s"] > 0 and devkit["cpu_us_per_request"] > 0
     # Every trace kept: the export thread works, off the request thread.
