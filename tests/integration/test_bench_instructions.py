@@ -7,7 +7,6 @@ calls was counted and divided by the requests wrk completed in it.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from servers import tool_missing
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_server_instruction_count_counts_the_loaded_window() -> None:
     missing = [tool for tool in ("valgrind", "callgrind_control", "wrk") if not shutil.which(tool)]
     if missing:
-        reason = f"{', '.join(missing)} not installed: .ci/run installs the Debian packages"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        tool_missing(f"{', '.join(missing)} not installed: .ci/run installs the Debian packages")
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.instructions", "--server", "--variant", "bare",
          "--seconds", "2", "--warmup", "1"],

@@ -7,13 +7,13 @@ checks that every burst was measured and paired, and that every server was stopp
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from servers import tool_missing
 
 pytestmark = pytest.mark.integration
 
@@ -22,10 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _need_wrk() -> None:
     if shutil.which("wrk") is None:
-        reason = "wrk not installed: .ci/run installs the Debian package"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        tool_missing("wrk not installed: .ci/run installs the Debian package")
 
 
 def test_paired_run_measures_and_pairs_every_burst(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from servers import OTLPReceiver, Server, free_port
+from servers import OTLPReceiver, Server, free_port, tool_missing
 
 pytestmark = pytest.mark.integration
 
@@ -43,10 +42,7 @@ def require(binary: str) -> str:
     """The path of ``binary``; a missing binary fails in CI and skips elsewhere."""
     path = shutil.which(binary)
     if path is None:
-        reason = "prometheus not installed: .ci/run installs the Debian package"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        tool_missing("prometheus not installed: .ci/run installs the Debian package")
     return path
 
 
