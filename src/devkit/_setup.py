@@ -177,7 +177,16 @@ def _drain(runtime: Runtime, deadline: float) -> int:
     return inst.in_flight
 
 
+def finish_pending(runtime: Runtime | None = None) -> None:
+    """Do the books (span, metrics, access record) of requests that ended on an event loop
+    and wait for the end of its iteration; what reads those results calls this first."""
+    runtime = runtime if runtime is not None else _state.current()
+    if runtime is not None and runtime.instruments is not None:
+        runtime.instruments.flush_pending()
+
+
 def _flush_runtime(runtime: Runtime, timeout_s: float) -> bool:
+    finish_pending(runtime)
     if runtime.tracing is None:
         return True
     try:
@@ -190,7 +199,8 @@ def _flush_runtime(runtime: Runtime, timeout_s: float) -> bool:
 
 
 def flush(timeout_s: float | None = None) -> bool:
-    """Export every kept span now (pending traces are decided), within ``timeout_s``.
+    """Write what finished requests still owe (access records, metrics, spans) and export
+    every kept span now (pending traces are decided), within ``timeout_s``.
 
     Called when the server stops (ASGI lifespan shutdown) because a server that re-raises
     SIGTERM after its shutdown never runs ``atexit`` handlers.

@@ -148,9 +148,18 @@ class LogPipeline:
     # -- processing -------------------------------------------------------------------
 
     def finalize(
-        self, level: str, event: EventDict, created: float | None = None, redact: bool = True
+        self,
+        level: str,
+        event: EventDict,
+        created: float | None = None,
+        redact: bool = True,
+        ids: tuple[int, int, str] | None = None,
     ) -> dict[str, Any]:
-        """Build the output record: SPEC fields first, caller fields, context, error."""
+        """Build the output record: SPEC fields first, caller fields, context, error.
+
+        ``ids`` (trace id, span id, correlation id) stand for the current context's when
+        the record is written after its request's context was left (the access record).
+        """
         message = event.pop("event", "")
         logger_name = event.pop("logger", None) or "root"
         exc_info = event.pop("exc_info", None)
@@ -167,11 +176,16 @@ class LogPipeline:
             if key in _RESERVED:
                 key = "extra_" + key
             record[key] = value
-        ctx = otel_trace.get_current_span().get_span_context()
-        if ctx.is_valid:
-            record["trace_id"] = format(ctx.trace_id, "032x")
-            record["span_id"] = format(ctx.span_id, "016x")
-        cid = _context.correlation_id.get()
+        cid: str | None
+        if ids is None:
+            ctx = otel_trace.get_current_span().get_span_context()
+            trace_id, span_id = (ctx.trace_id, ctx.span_id) if ctx.is_valid else (0, 0)
+            cid = _context.correlation_id.get()
+        else:
+            trace_id, span_id, cid = ids
+        if trace_id:
+            record["trace_id"] = format(trace_id, "032x")
+            record["span_id"] = format(span_id, "016x")
         if cid is not None:
             record["correlation_id"] = cid
         if exc_info:
@@ -228,6 +242,7 @@ class LogPipeline:
         span_id: int,
         correlation_id: str,
         exc: BaseException | None = None,
+        created: float | None = None,
     ) -> None:
         """Write the ``request completed`` record of one request; never raises.
 
@@ -236,11 +251,14 @@ class LogPipeline:
         the JSON of each route template), so the record costs one format operation.
         ``method`` is a method label and ``correlation_id`` a validated one: both are
         JSON-safe as they are. ``path`` must already be redacted; ``trace_id`` is 0 when
-        the request has no trace. The console format and a record with an exception take
-        :meth:`emit`.
+        the request has no trace; ``created`` (default: now) is when the request ended.
+        The console format and a record with an exception take :meth:`emit`.
         """
         if self._console or exc is not None:
-            self._access_generic(level, method, route, path, status_code, duration_s, exc)
+            ids = (trace_id, span_id, correlation_id)
+            self._access_generic(
+                level, method, route, path, status_code, duration_s, exc, created, ids
+            )
             return
         try:
             head = self._access_heads.get((level, method))
@@ -251,7 +269,7 @@ class LogPipeline:
                 route_json = orjson.dumps(route)
                 if len(self._route_json) < _MAX_CACHED_ROUTES:
                     self._route_json[route] = route_json
-            now = time.time()
+            now = time.time() if created is None else created
             sec = int(now)
             cached = self._clock._cache  # the clock's parts(), inlined: once per request
             if cached[0] != sec:
@@ -270,7 +288,10 @@ class LogPipeline:
             else:
                 line = _ACCESS_UNTRACED % (*fields, correlation_id.encode())
         except Exception:  # a path orjson refuses (lone surrogates): the generic path copes
-            self._access_generic(level, method, route, path, status_code, duration_s, None)
+            ids = (trace_id, span_id, correlation_id)
+            self._access_generic(
+                level, method, route, path, status_code, duration_s, None, created, ids
+            )
             return
         self.write(line)
 
@@ -283,6 +304,8 @@ class LogPipeline:
         status_code: int,
         duration_s: float,
         exc: BaseException | None,
+        created: float | None,
+        ids: tuple[int, int, str],
     ) -> None:
         event: dict[str, Any] = {
             "event": "request completed",
@@ -296,7 +319,7 @@ class LogPipeline:
         if exc is not None:
             event["exc_info"] = exc
         # Every field is devkit's own or redacted by the caller; an exception still is.
-        self.emit(level, event, redact=False)
+        self.emit(level, event, created, redact=False, ids=ids)
 
     def _access_head(self, level: str, method: str) -> bytes:
         head = (
@@ -307,7 +330,12 @@ class LogPipeline:
         return head
 
     def emit(
-        self, level: str, event: EventDict, created: float | None = None, redact: bool = True
+        self,
+        level: str,
+        event: EventDict,
+        created: float | None = None,
+        redact: bool = True,
+        ids: tuple[int, int, str] | None = None,
     ) -> None:
         """Process, render and write one record; never raises into the caller.
 
@@ -318,7 +346,7 @@ class LogPipeline:
             return
         token = _IN_PIPELINE.set(True)
         try:
-            self.write(self.render(self.finalize(level, event, created, redact)))
+            self.write(self.render(self.finalize(level, event, created, redact, ids)))
         except Exception as exc:
             _errors.report("logs", "emit_failed", exc)
         finally:

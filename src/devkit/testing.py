@@ -58,7 +58,11 @@ class CapturedLogs:
 
     @property
     def records(self) -> list[dict[str, Any]]:
-        """Every captured JSON record, parsed (console-format lines are skipped)."""
+        """Every captured JSON record, parsed (console-format lines are skipped).
+
+        Access records of requests that just ended are written first.
+        """
+        _setup.finish_pending()
         with self._lock:
             lines = list(self.lines)
         out = []
@@ -141,6 +145,7 @@ class MetricSamples:
         runtime = _state.current()
         if runtime is None or runtime.metrics is None:
             return None
+        _setup.finish_pending(runtime)
         runtime.metrics.prepare_scrape()
         value = runtime.metrics.registry.get_sample_value(name, labels or {})
         return None if value is None else float(value)

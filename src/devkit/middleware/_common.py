@@ -9,9 +9,13 @@ one span, two counter increments, one histogram observation and one log record.
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from contextvars import Context as _VarContext
 from contextvars import ContextVar, Token
 from typing import Any
 
@@ -57,8 +61,12 @@ CORRELATION_HEADER = "X-Correlation-ID"
 BAGGAGE_CORRELATION_KEY = _context.BAGGAGE_KEY
 _MAX_LOGGED_PATH = 2048
 _CID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
+#: Requests whose books are still open (see ``Instruments.finish_soon``) before the next
+#: one closes them all on the spot.
+MAX_PENDING = 256
 _getrandbits = random.getrandbits
 _perf_counter = time.perf_counter
+_time = time.time
 
 
 def valid_correlation_id(value: str | None) -> bool:
@@ -99,6 +107,7 @@ class Exchange:
         "cid_token",
         "status",
         "in_progress",
+        "end",
     )
 
     start: float
@@ -115,6 +124,8 @@ class Exchange:
     cid_token: Token[str | None]
     status: int
     in_progress: Any
+    #: ``perf_counter()`` when the application returned (set by ``finish_soon``).
+    end: float
 
 
 #: The key under which the OpenTelemetry API keeps the current span in a Context.
@@ -188,6 +199,10 @@ class Instruments:
         self._context_reset = var.reset if var is not None else context.detach
         self._in_flight = 0
         self.started_requests = 0
+        #: Requests finished on an event loop whose span, metrics and record are still to
+        #: be done (``finish_soon``); appended by loops, emptied under ``_pending_lock``.
+        self._pending: deque[tuple[Exchange, str | None, int]] = deque()
+        self._pending_lock = threading.RLock()
 
     # -- request life-cycle -----------------------------------------------------------------
 
@@ -258,25 +273,84 @@ class Instruments:
     ) -> None:
         """Record the request. Never raises: telemetry must not break the response."""
         try:
-            self._finish(ex, route, status, exc)
+            self._finish(ex, route, status, exc, _perf_counter(), None)
         except Exception as error:
             _errors.report("middleware", "finish_failed", error)
         finally:
-            self._in_flight -= 1
-            if ex.token is not None:
+            self._release(ex)
+
+    def finish_soon(self, ex: Exchange, route: str | None, status: int) -> None:
+        """:meth:`finish` for a request that ended without an exception, on an event loop.
+
+        The request's context is restored now. When other requests are in flight, its
+        span, RED metrics and access record wait for the end of the loop iteration and
+        are done there with those of every request that ended in it, in a row: that
+        keeps their code and data in the CPU's caches instead of reloading them between
+        the server's and the application's work for each request (docs/benchmarks.md).
+        Duration and time stamp are taken now. What reads the results (``/metrics``,
+        shutdown, the ``devkit.testing`` fixtures) calls :meth:`flush_pending` first; at
+        most ``MAX_PENDING`` requests wait. Never raises.
+        """
+        pending = self._pending
+        if not pending and self._in_flight <= 1:
+            # Nothing to batch with: a callback would cost a loop iteration of its own.
+            self.finish(ex, route, status, None)
+            return
+        ex.end = _perf_counter()
+        try:
+            if not pending:
+                # In an empty context: the books are done outside any request's context.
+                asyncio.get_running_loop().call_soon(self.flush_pending, context=_VarContext())
+            elif len(pending) >= MAX_PENDING:
+                # A loop closed with its call still queued would leave these waiting.
+                self.flush_pending()
+        except Exception:  # no running loop: do it now
+            self.finish(ex, route, status, None)
+            return
+        pending.append((ex, route, status))
+        self._release(ex)
+
+    def flush_pending(self) -> None:
+        """Do the books of every request :meth:`finish_soon` left open. Never raises."""
+        pending = self._pending
+        if not pending:
+            return
+        with self._pending_lock:
+            # The wall clock of each request's end, from the monotonic one: one clock read.
+            offset = _time() - _perf_counter()
+            while True:
                 try:
-                    self._context_reset(ex.token)
-                except Exception:  # detached from another context: nothing left to undo
-                    pass
+                    ex, route, status = pending.popleft()
+                except IndexError:
+                    return
+                try:
+                    self._finish(ex, route, status, None, ex.end, ex.end + offset)
+                except Exception as error:
+                    _errors.report("middleware", "finish_failed", error)
+
+    def _release(self, ex: Exchange) -> None:
+        """Restore the context the request ran in (always, at once)."""
+        self._in_flight -= 1
+        if ex.token is not None:
             try:
-                _context.correlation_id.reset(ex.cid_token)
-            except ValueError:
+                self._context_reset(ex.token)
+            except Exception:  # detached from another context: nothing left to undo
                 pass
+        try:
+            _context.correlation_id.reset(ex.cid_token)
+        except ValueError:
+            pass
 
     def _finish(
-        self, ex: Exchange, route: str | None, status: int, exc: BaseException | None
+        self,
+        ex: Exchange,
+        route: str | None,
+        status: int,
+        exc: BaseException | None,
+        end: float,
+        created: float | None,
     ) -> None:
-        duration = _perf_counter() - ex.start
+        duration = end - ex.start
         if exc is not None and not isinstance(exc, Exception):
             # Cancelled (client went away) or interpreter exit: not a server error.
             error = False
@@ -338,6 +412,7 @@ class Instruments:
                 ex.span_id,
                 ex.cid,
                 exc if error else None,
+                created,
             )
 
     def _extract(self, get_header: Callable[[str], Sequence[str]]) -> Context:
@@ -394,6 +469,7 @@ def metrics_answer(inst: Instruments, accept: str | None) -> Answer:
 
     if inst.metrics is None:
         return 404, "text/plain", b"metrics disabled\n"
+    inst.flush_pending()
     try:
         inst.metrics.prepare_scrape()
         registry = scrape_registry(inst.metrics.registry, inst.metrics.exemplars)

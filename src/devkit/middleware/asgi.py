@@ -146,7 +146,8 @@ class ASGIMiddleware:
         except BaseException as exc:
             inst.finish(ex, route_of(scope), status, exc)
             raise
-        inst.finish(ex, route_of(scope), status, None)
+        # Span, metrics and record at the end of this loop iteration (see finish_soon).
+        inst.finish_soon(ex, route_of(scope), status)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass lifespan through; mark startup complete / begin the drain on its messages."""
