@@ -1,18 +1,16 @@
 """Requests that end on a busy event loop have their books closed at the end of its iteration.
 
-The ASGI middleware restores the request's context at once and, while other requests are
-in flight, leaves the span, the RED metrics and the access record to one callback per
-loop iteration (``finish_soon``). These tests pin what that must not change: every
-record is written once, with the request's own end time and ids, within a bound, and
-before anything reads the results.
+The ASGI middleware restores the request's context at once and, when the loop has more
+to run in the iteration (under load: other requests), leaves the span, the RED metrics
+and the access record to one callback at its end (``finish_soon``). These tests pin what
+that must not change: every record is written once, with the request's own end time and
+ids, within a bound, and before anything reads the results.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -35,29 +33,8 @@ async def ok(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
-class _Server:
-    """The app, and a way to keep one more request in flight (a busy server)."""
-
-    def __init__(self) -> None:
-        self.gate: asyncio.Event | None = None
-        routes = [Route("/ok/{n}", ok), Route("/held", self._held)]
-        self.app = devkit.asgi(Starlette(routes=routes))
-
-    async def _held(self, request: Request) -> Response:
-        assert self.gate is not None
-        await self.gate.wait()
-        return PlainTextResponse("held")
-
-    @asynccontextmanager
-    async def busy(self) -> AsyncIterator[None]:
-        self.gate = asyncio.Event()
-        held = asyncio.create_task(_request(self.app, "/held"))
-        await asyncio.sleep(0)  # it has begun
-        try:
-            yield
-        finally:
-            self.gate.set()
-            await held
+def _app() -> Any:
+    return devkit.asgi(Starlette(routes=[Route("/ok/{n}", ok)]))
 
 
 def _instruments() -> Instruments:
@@ -66,8 +43,11 @@ def _instruments() -> Instruments:
     return runtime.instruments
 
 
-async def _request(app: Any, path: str = "/ok/1") -> dict[str, Any]:
-    """One request through ``app`` in the calling task (no loop iteration in between)."""
+async def _request(app: Any, path: str = "/ok/1", busy: bool = True) -> dict[str, Any]:
+    """One request through ``app`` in the calling task (no loop iteration in between);
+    ``busy``: with another callback queued in the loop's iteration, as under load."""
+    if busy:
+        asyncio.get_running_loop().call_soon(_other_work)
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -96,6 +76,10 @@ async def _request(app: Any, path: str = "/ok/1") -> dict[str, Any]:
     return sent
 
 
+def _other_work() -> None:
+    pass
+
+
 def _access_lines(logs: CapturedLogs) -> list[bytes]:
     """The access records of the ``/ok`` requests written so far (no flush)."""
     return [line for line in list(logs.lines) if _ACCESS in line and b'"/ok/' in line]
@@ -103,17 +87,16 @@ def _access_lines(logs: CapturedLogs) -> list[bytes]:
 
 def test_books_close_at_the_end_of_the_loop_iteration(devkit_logs: CapturedLogs) -> None:
     devkit.init()
-    server = _Server()
+    app = _app()
 
     async def run() -> None:
-        async with server.busy():
-            sent = await _request(server.app)
-            # The context is the caller's again at once; the record waits for the iteration.
-            assert _context.correlation_id.get() is None
-            assert not trace.get_current_span().get_span_context().is_valid
-            assert _access_lines(devkit_logs) == []
-            await asyncio.sleep(0)
-            (line,) = _access_lines(devkit_logs)
+        sent = await _request(app)
+        # The context is the caller's again at once; the record waits for the iteration.
+        assert _context.correlation_id.get() is None
+        assert not trace.get_current_span().get_span_context().is_valid
+        assert _access_lines(devkit_logs) == []
+        await asyncio.sleep(0)
+        (line,) = _access_lines(devkit_logs)
         record = orjson.loads(line)
         assert record["correlation_id"] == sent["headers"][b"x-correlation-id"].decode()
         assert record["status_code"] == 200
@@ -123,10 +106,10 @@ def test_books_close_at_the_end_of_the_loop_iteration(devkit_logs: CapturedLogs)
 
 def test_an_idle_server_closes_the_books_at_once(devkit_logs: CapturedLogs) -> None:
     devkit.init()
-    server = _Server()
+    app = _app()
 
     async def run() -> None:
-        await _request(server.app)
+        await _request(app, busy=False)
         # Nothing to batch with: no callback, no loop iteration of its own.
         assert len(_instruments()._pending) == 0
         (line,) = _access_lines(devkit_logs)
@@ -137,19 +120,18 @@ def test_an_idle_server_closes_the_books_at_once(devkit_logs: CapturedLogs) -> N
 
 def test_a_deferred_record_keeps_its_own_end_time(devkit_logs: CapturedLogs) -> None:
     devkit.init()
-    server = _Server()
+    app = _app()
 
     async def run() -> tuple[float, float]:
-        await _request(server.app)  # first request: caches warm, not measured
+        await _request(app, busy=False)  # first request: caches warm, not measured
         devkit_logs.clear()
-        async with server.busy():
-            before = datetime.now().timestamp()
-            await _request(server.app)
-            ended = datetime.now().timestamp()
-            assert _access_lines(devkit_logs) == []
-            # The loop is busy for a while before the iteration ends.
-            threading.Event().wait(0.3)
-            await asyncio.sleep(0)
+        before = datetime.now().timestamp()
+        await _request(app)
+        ended = datetime.now().timestamp()
+        assert _access_lines(devkit_logs) == []
+        # The loop is busy for a while before the iteration ends.
+        threading.Event().wait(0.3)
+        await asyncio.sleep(0)
         return before, ended
 
     before, ended = asyncio.run(run())
@@ -162,13 +144,12 @@ def test_a_deferred_record_keeps_its_own_end_time(devkit_logs: CapturedLogs) -> 
 
 def test_deferred_records_carry_their_own_request_ids(devkit_logs: CapturedLogs) -> None:
     devkit.init(log_format="console")  # the generic renderer, which reads ids from context
-    server = _Server()
+    app = _app()
 
     async def run() -> list[dict[str, Any]]:
-        async with server.busy():
-            sent = [await _request(server.app), await _request(server.app)]
-            assert _access_lines(devkit_logs) == []
-            await asyncio.sleep(0)
+        sent = [await _request(app), await _request(app)]
+        assert _access_lines(devkit_logs) == []
+        await asyncio.sleep(0)
         return sent
 
     sent = asyncio.run(run())
@@ -183,17 +164,16 @@ def test_deferred_records_carry_their_own_request_ids(devkit_logs: CapturedLogs)
 
 def test_pending_requests_are_bounded_and_none_is_lost(devkit_logs: CapturedLogs) -> None:
     devkit.init()
-    server = _Server()
+    app = _app()
     inst = _instruments()
     count = MAX_PENDING * 2 + 10
 
     async def run() -> list[str]:
         cids = []
-        async with server.busy():
-            for n in range(count):
-                sent = await _request(server.app, f"/ok/{n}")
-                cids.append(sent["headers"][b"x-correlation-id"].decode())
-                assert 0 < len(inst._pending) <= MAX_PENDING
+        for n in range(count):
+            sent = await _request(app, f"/ok/{n}")
+            cids.append(sent["headers"][b"x-correlation-id"].decode())
+            assert 0 < len(inst._pending) <= MAX_PENDING
         await asyncio.sleep(0)
         return cids
 
@@ -205,39 +185,36 @@ def test_pending_requests_are_bounded_and_none_is_lost(devkit_logs: CapturedLogs
 def test_without_a_running_loop_books_close_at_once(devkit_logs: CapturedLogs) -> None:
     devkit.init()
     inst = _instruments()
-    busy = inst.begin("GET", "http", "/ok/busy", "", None, None)  # another request in flight
     ex = inst.begin("GET", "http", "/ok/sync", "", None, None)
     inst.finish_soon(ex, "/ok/{n}", 204)
     assert len(inst._pending) == 0
     (line,) = _access_lines(devkit_logs)
     assert orjson.loads(line)["status_code"] == 204
-    inst.finish(busy, "/ok/{n}", 200, None)
 
 
 def test_readers_close_the_books_first(
     devkit_logs: CapturedLogs, devkit_metrics: MetricSamples
 ) -> None:
     devkit.init()
-    server = _Server()
+    app = _app()
     inst = _instruments()
     labels = {"method": "GET", "route": "/ok/{n}", "status_code": "200"}
 
     async def run() -> None:
-        async with server.busy():
-            await _request(server.app)
-            assert len(inst._pending) == 1
-            # /metrics reflects every request that ended before the scrape.
-            status, _, body = metrics_answer(inst, None)
-            assert status == 200
-            sample = b'http_requests_total{method="GET",route="/ok/{n}",status_code="200"} 1.0'
-            assert sample in body
-            await _request(server.app)
-            assert devkit_metrics.sample_value("http_requests_total", labels) == 2.0
-            await _request(server.app)
-            assert _setup.flush(5.0)  # what the ASGI lifespan shutdown calls
-            assert len(_access_lines(devkit_logs)) == 3
-            await _request(server.app)
-            assert len(devkit_logs.find(message="request completed", route="/ok/{n}")) == 4
+        await _request(app)
+        assert len(inst._pending) == 1
+        # /metrics reflects every request that ended before the scrape.
+        status, _, body = metrics_answer(inst, None)
+        assert status == 200
+        sample = b'http_requests_total{method="GET",route="/ok/{n}",status_code="200"} 1.0'
+        assert sample in body
+        await _request(app)
+        assert devkit_metrics.sample_value("http_requests_total", labels) == 2.0
+        await _request(app)
+        assert _setup.flush(5.0)  # what the ASGI lifespan shutdown calls
+        assert len(_access_lines(devkit_logs)) == 3
+        await _request(app)
+        assert len(devkit_logs.find(message="request completed", route="/ok/{n}")) == 4
 
     asyncio.run(run())
 
@@ -249,6 +226,7 @@ def test_shutdown_closes_the_books(devkit_logs: CapturedLogs) -> None:
     async def run() -> None:
         busy = inst.begin("GET", "http", "/ok/busy", "", None, None)
         ex = inst.begin("GET", "http", "/ok/last", "", None, None)
+        asyncio.get_running_loop().call_soon(_other_work)
         inst.finish_soon(ex, "/ok/{n}", 200)
         inst.finish(busy, "/ok/{n}", 200, None)
         assert len(inst._pending) == 1
@@ -261,7 +239,7 @@ def test_shutdown_closes_the_books(devkit_logs: CapturedLogs) -> None:
 
 def test_books_closed_from_another_thread_are_closed_once(devkit_logs: CapturedLogs) -> None:
     devkit.init()
-    server = _Server()
+    app = _app()
     inst = _instruments()
     stop = threading.Event()
 
@@ -275,7 +253,7 @@ def test_books_closed_from_another_thread_are_closed_once(devkit_logs: CapturedL
     async def run() -> list[str]:
         cids = []
         for batch in range(40):
-            sent = await asyncio.gather(*(_request(server.app, f"/ok/{batch}") for _ in range(25)))
+            sent = await asyncio.gather(*(_request(app, f"/ok/{batch}") for _ in range(25)))
             cids += [s["headers"][b"x-correlation-id"].decode() for s in sent]
             await asyncio.sleep(0)
         return cids

@@ -64,6 +64,7 @@ _CID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123
 #: Requests whose books are still open (see ``Instruments.finish_soon``) before the next
 #: one closes them all on the spot.
 MAX_PENDING = 256
+_BUSY = (True,)
 _getrandbits = random.getrandbits
 _perf_counter = time.perf_counter
 _time = time.time
@@ -282,9 +283,10 @@ class Instruments:
     def finish_soon(self, ex: Exchange, route: str | None, status: int) -> None:
         """:meth:`finish` for a request that ended without an exception, on an event loop.
 
-        The request's context is restored now. When other requests are in flight, its
-        span, RED metrics and access record wait for the end of the loop iteration and
-        are done there with those of every request that ended in it, in a row: that
+        The request's context is restored now. When the loop has more to run in this
+        iteration (under load: other requests), the span, RED metrics and access record
+        wait for the end of the iteration and are done there with those of every request
+        that ended in it, in a row: that
         keeps their code and data in the CPU's caches instead of reloading them between
         the server's and the application's work for each request (docs/benchmarks.md).
         Duration and time stamp are taken now. What reads the results (``/metrics``,
@@ -292,21 +294,28 @@ class Instruments:
         most ``MAX_PENDING`` requests wait. Never raises.
         """
         pending = self._pending
-        if not pending and self._in_flight <= 1:
-            # Nothing to batch with: a callback would cost a loop iteration of its own.
-            self.finish(ex, route, status, None)
-            return
-        ex.end = _perf_counter()
         try:
-            if not pending:
-                # In an empty context: the books are done outside any request's context.
-                asyncio.get_running_loop().call_soon(self.flush_pending, context=_VarContext())
-            elif len(pending) >= MAX_PENDING:
-                # A loop closed with its call still queued would leave these waiting.
-                self.flush_pending()
-        except Exception:  # no running loop: do it now
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop to wait for: do it now
             self.finish(ex, route, status, None)
             return
+        if not pending:
+            # asyncio's queue of what else runs in this iteration (under load, other
+            # requests); other loops (uvloop) do not show theirs and count as busy.
+            if not getattr(loop, "_ready", _BUSY):
+                # Nothing to batch with: a callback would cost more than it saves.
+                self.finish(ex, route, status, None)
+                return
+            try:
+                # In an empty context: the books are done outside any request's context.
+                loop.call_soon(self.flush_pending, context=_VarContext())
+            except Exception:  # the loop is closing
+                self.finish(ex, route, status, None)
+                return
+        elif len(pending) >= MAX_PENDING:
+            # A loop closed with its call still queued would leave these waiting.
+            self.flush_pending()
+        ex.end = _perf_counter()
         pending.append((ex, route, status))
         self._release(ex)
 
@@ -318,11 +327,8 @@ class Instruments:
         with self._pending_lock:
             # The wall clock of each request's end, from the monotonic one: one clock read.
             offset = _time() - _perf_counter()
-            while True:
-                try:
-                    ex, route, status = pending.popleft()
-                except IndexError:
-                    return
+            while pending:  # only flushers take items out, one at a time under the lock
+                ex, route, status = pending.popleft()
                 try:
                     self._finish(ex, route, status, None, ex.end, ex.end + offset)
                 except Exception as error:
