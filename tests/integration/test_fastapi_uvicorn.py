@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from servers import Server, samples, value
+from servers import OTLPReceiver, Server, attributes, samples, value
 
 pytestmark = pytest.mark.integration
 
@@ -197,3 +197,74 @@ def test_scanner_does_not_add_series(server: Server) -> None:
         after = len(samples(client.get("/metrics").text))
     # One new <unmatched>/404 series family at most, not 300.
     assert after - before <= 20
+
+
+def test_concurrent_requests_are_each_counted_logged_and_traced_once(
+    server: Server, receiver: OTLPReceiver
+) -> None:
+    """Under concurrent load devkit does the books of the requests that ended in one loop
+    iteration together at its end: none may be lost, doubled or given another's ids."""
+    import time
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    route = {"method": "GET", "route": "/items/{item_id}", "status_code": "200"}
+    with httpx.Client(base_url=server.url) as client:
+        before = samples(client.get("/metrics").text)
+    n, clients = 320, 16
+    cids = [f"corr-load-{i}" for i in range(n)]
+
+    def load(first: int) -> list[int]:
+        with httpx.Client(base_url=server.url) as client:  # one kept-alive connection each
+            return [
+                client.get(f"/items/{i}", headers={"X-Correlation-ID": cids[i]}).status_code
+                for i in range(first, n, clients)
+            ]
+
+    with ThreadPoolExecutor(clients) as pool:
+        statuses = [s for chunk in pool.map(load, range(clients)) for s in chunk]
+    assert statuses == [200] * n
+    with httpx.Client(base_url=server.url) as client:
+        after = samples(client.get("/metrics").text)
+
+    # The scrape right after the last response counts every request, exactly.
+    for name in ("http_requests_total", "http_request_duration_seconds_count"):
+        key = (name, frozenset(route.items()))
+        assert after[key] - before.get(key, 0.0) == n
+
+    def access_records() -> list[dict[str, Any]]:
+        return [
+            r
+            for r in server.json_lines()
+            if r.get("message") == "request completed"
+            and str(r.get("correlation_id")).startswith("corr-load-")
+        ]
+
+    deadline = time.monotonic() + 10
+    while len(access_records()) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    access = access_records()
+    assert Counter(r["correlation_id"] for r in access) == Counter(cids)
+    app_logs = {
+        r["correlation_id"]: r
+        for r in server.json_lines()
+        if r.get("message") == "item fetched"
+        and str(r.get("correlation_id")).startswith("corr-load-")
+    }
+    for record in access:
+        i = int(record["correlation_id"].removeprefix("corr-load-"))
+        assert record["path"] == f"/items/{i}" and record["status_code"] == 200
+        # Written after the request's context was left: still the request's own trace.
+        assert record["trace_id"] == app_logs[record["correlation_id"]]["trace_id"]
+
+    def server_spans(r: OTLPReceiver) -> list[tuple[str, str]]:
+        out = []
+        for _, span in r.spans():
+            cid = attributes(span).get("correlation.id")
+            if isinstance(cid, str) and cid.startswith("corr-load-"):
+                out.append((cid, span.trace_id.hex()))
+        return out
+
+    assert receiver.wait_for(lambda r: len(server_spans(r)) >= n)
+    spans = server_spans(receiver)
+    assert sorted(spans) == sorted((r["correlation_id"], r["trace_id"]) for r in access)
