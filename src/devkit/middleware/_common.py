@@ -64,6 +64,7 @@ _CID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123
 #: Requests whose books are still open (see ``Instruments.finish_soon``) before the next
 #: one closes them all on the spot.
 MAX_PENDING = 256
+#: What a loop without asyncio's ``_ready`` queue (uvloop) is taken to have queued.
 _BUSY = (True,)
 _getrandbits = random.getrandbits
 _perf_counter = time.perf_counter
@@ -286,12 +287,11 @@ class Instruments:
         The request's context is restored now. When the loop has more to run in this
         iteration (under load: other requests), the span, RED metrics and access record
         wait for the end of the iteration and are done there with those of every request
-        that ended in it, in a row: that
-        keeps their code and data in the CPU's caches instead of reloading them between
-        the server's and the application's work for each request (docs/benchmarks.md).
-        Duration and time stamp are taken now. What reads the results (``/metrics``,
-        shutdown, the ``devkit.testing`` fixtures) calls :meth:`flush_pending` first; at
-        most ``MAX_PENDING`` requests wait. Never raises.
+        that ended in it, in a row: that keeps their code and data in the CPU's caches
+        instead of reloading them between the server's and the application's work for
+        each request (docs/benchmarks.md). Duration and time stamp are taken now. What
+        reads the results (``/metrics``, shutdown, the ``devkit.testing`` fixtures) calls
+        :meth:`flush_pending` first; at most ``MAX_PENDING`` requests wait. Never raises.
         """
         pending = self._pending
         try:
