@@ -92,7 +92,7 @@ def test_public_api_is_exactly_all() -> None:
         "redaction",
         "testing",
         "metrics",
-        "middleware",
+        "http",
         "tracing",
         "integrations",
         "cli",

@@ -14,9 +14,9 @@ from devkit._state import Runtime
 from devkit._version import __version__
 from devkit.config import Settings
 from devkit.exceptions import ConfigError, DevkitError
+from devkit.http.asgi import ASGIMiddleware, asgi
+from devkit.http.wsgi import WSGIMiddleware, wsgi
 from devkit.logs import get_logger
-from devkit.middleware.asgi import ASGIMiddleware, asgi
-from devkit.middleware.wsgi import WSGIMiddleware, wsgi
 from devkit.redaction import Redactor
 
 __all__ = [

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from devkit import _errors
 
 if TYPE_CHECKING:
-    from devkit.middleware._common import Instruments
+    from devkit.http._core import Instruments
 
 __all__ = ["attach"]
 

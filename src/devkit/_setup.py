@@ -72,8 +72,8 @@ def _build(runtime: Runtime, environ: dict[str, str]) -> None:
     from prometheus_client import REGISTRY
 
     from devkit import health
+    from devkit.http._core import Instruments
     from devkit.metrics import RedMetrics, buckets_for
-    from devkit.middleware._common import Instruments
     from devkit.tracing.propagation import W3CPropagator
     from devkit.tracing.provider import build_tracing, install_instrumentors, install_propagator
 
@@ -136,7 +136,7 @@ def _build(runtime: Runtime, environ: dict[str, str]) -> None:
     )
 
     if settings.metrics_port is not None:
-        from devkit._metrics_server import MetricsServer
+        from devkit.http._metrics_server import MetricsServer
 
         try:
             server = MetricsServer(runtime.instruments, settings.metrics_port).start()

@@ -13,8 +13,8 @@ from devkit.redaction import Redactor
 
 if TYPE_CHECKING:
     from devkit.health import HealthRegistry
+    from devkit.http._core import Instruments
     from devkit.metrics import RedMetrics
-    from devkit.middleware._common import Instruments
     from devkit.tracing.provider import Tracing
 
 __all__ = ["Runtime", "current", "reset", "set_current"]

@@ -10,8 +10,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from devkit.redaction import Redactor
-from devkit.tracing.export import BatchExporter, ExportSpan
-from devkit.tracing.span import ServerSpan, ServerSpanFactory
+from devkit.tracing._export import BatchExporter, ExportSpan
+from devkit.tracing._span import ServerSpan, ServerSpanFactory
 
 RESOURCE = Resource.create({"service.name": "svc"})
 

@@ -25,9 +25,9 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from devkit.tracing.export import ExportSpan
-from devkit.tracing.otlp import FastOTLPExporter, _Encoder, encode_spans
-from devkit.tracing.span import ServerSpanFactory
+from devkit.tracing._export import ExportSpan
+from devkit.tracing._otlp import FastOTLPExporter, _Encoder, encode_spans
+from devkit.tracing._span import ServerSpanFactory
 
 RESOURCE = Resource.create({"service.name": "svc", "service.version": "1.2", "pid": 42})
 SCOPE = InstrumentationScope("devkit", "0.1", "https://schema", {"scope.attr": True})

@@ -16,8 +16,8 @@ from opentelemetry.trace import (
 )
 
 from devkit.redaction import Redactor
+from devkit.tracing._span import ServerSpan, ServerSpanFactory
 from devkit.tracing.sampling import ratio_keeps
-from devkit.tracing.span import ServerSpan, ServerSpanFactory
 
 
 def factory(ratio: float = 0.1) -> tuple[ServerSpanFactory, list[Any]]:

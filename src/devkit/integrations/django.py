@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from devkit import _errors, _state
-from devkit.middleware._common import (
+from devkit.http._core import (
     ACTIVE_KEY,
     CORRELATION_HEADER,
     Answer,

@@ -13,8 +13,8 @@ from functools import partial
 from types import ModuleType
 from typing import Any
 
-from devkit.middleware._common import EXCEPTION_KEY, ROUTE_KEY
-from devkit.middleware.wsgi import WSGIMiddleware
+from devkit.http._core import EXCEPTION_KEY, ROUTE_KEY
+from devkit.http.wsgi import WSGIMiddleware
 
 __all__ = ["PATCHES", "record_exception"]
 

@@ -17,8 +17,8 @@ from functools import partial
 from types import ModuleType
 from typing import Any
 
-from devkit.middleware._common import ACTIVE_KEY
-from devkit.middleware.asgi import ASGIMiddleware
+from devkit.http._core import ACTIVE_KEY
+from devkit.http.asgi import ASGIMiddleware
 
 __all__ = ["PATCHES"]
 

@@ -25,9 +25,9 @@ from opentelemetry.util.types import Attributes
 from devkit import _errors
 from devkit.config import Settings
 from devkit.exceptions import ConfigError
-from devkit.tracing.export import BatchExporter
+from devkit.tracing._export import BatchExporter
+from devkit.tracing._span import ServerSpanFactory
 from devkit.tracing.sampling import ErrorBiasedSampler, SamplingLimits, TailSamplingProcessor
-from devkit.tracing.span import ServerSpanFactory
 
 __all__ = ["ProxyTracerProvider", "Tracing", "build_tracing", "proxy_provider"]
 
@@ -211,8 +211,8 @@ def build_exporter(settings: Settings, environ: Mapping[str, str]) -> SpanExport
                 "otlp",
                 "otlp with the exporter installed: pip install 'devkit-observability[otlp]'",
             ) from None
-        from devkit.tracing.otlp import FastOTLPExporter
-        from devkit.tracing.transport import use_keep_alive
+        from devkit.tracing._keepalive import use_keep_alive
+        from devkit.tracing._otlp import FastOTLPExporter
 
         exporter = OTLPSpanExporter()
         use_keep_alive(exporter)

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 import devkit
 from devkit import _context, _setup, _state
-from devkit.middleware._common import MAX_PENDING, Instruments, metrics_answer
+from devkit.http._core import MAX_PENDING, Instruments, metrics_answer
 from devkit.testing import CapturedLogs, MetricSamples
 
 _ACCESS = b'"message":"request completed"'

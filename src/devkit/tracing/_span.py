@@ -36,7 +36,7 @@ from opentelemetry.trace import (
 from opentelemetry.util.types import Attributes, AttributeValue
 
 from devkit._version import __version__
-from devkit.tracing.export import ExportSpan
+from devkit.tracing._export import ExportSpan
 from devkit.tracing.sampling import ratio_bound
 
 __all__ = ["ServerSpan", "ServerSpanFactory"]

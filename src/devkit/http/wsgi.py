@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any, cast
 
 from devkit import _state
-from devkit.middleware._common import (
+from devkit.http._core import (
     ACTIVE_KEY,
     CORRELATION_HEADER,
     EXCEPTION_KEY,

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from devkit import _state
-from devkit.middleware._common import (
+from devkit.http._core import (
     ACTIVE_KEY,
     ROUTE_KEY,
     Answer,

@@ -12,10 +12,10 @@ import http.server
 import threading
 from typing import TYPE_CHECKING, Any
 
-from devkit.middleware._common import metrics_answer, probe_answer
+from devkit.http._core import metrics_answer, probe_answer
 
 if TYPE_CHECKING:
-    from devkit.middleware._common import Instruments
+    from devkit.http._core import Instruments
 
 __all__ = ["MetricsServer"]
 

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
-from devkit.tracing.export import ExportSpan
+from devkit.tracing._export import ExportSpan
 
 __all__ = ["FastOTLPExporter", "encode_spans"]
 

@@ -29,9 +29,9 @@ from devkit.health import HealthRegistry
 from devkit.logs import LogPipeline
 from devkit.metrics import STANDARD_METHODS, UNMATCHED, RedMetrics
 from devkit.redaction import Redactor
+from devkit.tracing._span import ServerSpan
 from devkit.tracing.propagation import extract
 from devkit.tracing.provider import Tracing
-from devkit.tracing.span import ServerSpan
 
 #: (status, content type, body) of an answer devkit gives itself: /metrics or a probe.
 Answer = tuple[int, str, bytes]
