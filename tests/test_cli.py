@@ -17,6 +17,7 @@ import pytest
 
 import devkit
 from devkit import cli
+from devkit.config import traces_endpoint
 
 # Importing a submodule binds it on the package; tests/test_lifecycle.py checks that
 main = cli.main
@@ -227,7 +228,7 @@ def test_doctor_flags_a_missing_multiprocess_dir(
 def test_traces_endpoint_follows_the_otel_rules(
     env: dict[str, str], protocol: str, expected: str
 ) -> None:
-    assert cli.traces_endpoint(env, protocol) == expected
+    assert traces_endpoint(env, protocol) == expected
 
 
 # -- demo -------------------------------------------------------------------------------------

@@ -190,15 +190,18 @@ def test_settings_are_frozen() -> None:
 
 
 def test_batch_queue_bounds_from_otel_bsp_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    from devkit.tracing.provider import batch_options
-
-    assert batch_options(
+    export = Settings.from_env(
         {
             "OTEL_BSP_MAX_QUEUE_SIZE": "100",
             "OTEL_BSP_SCHEDULE_DELAY": "250",
             "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "20",
         }
-    ) == {"max_queue_size": 100, "schedule_delay_s": 0.25, "max_batch_size": 20}
+    ).export
+    assert (export.max_queue_size, export.schedule_delay_s, export.max_batch_size) == (
+        100,
+        0.25,
+        20,
+    )
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "lots")
     with pytest.raises(devkit.ConfigError, match="OTEL_BSP_MAX_QUEUE_SIZE"):
@@ -208,16 +211,65 @@ def test_batch_queue_bounds_from_otel_bsp_variables(monkeypatch: pytest.MonkeyPa
 def test_instrumentations_include_and_exclude() -> None:
     from devkit.tracing.provider import install_instrumentors
 
-    names, undo = install_instrumentors({}, ("none",))
+    names, undo = install_instrumentors(Settings.from_env({}, instrumentations="none"))
     assert names == []
     undo()
-    names, undo = install_instrumentors({"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "httpx"})
+    names, undo = install_instrumentors(
+        Settings.from_env({"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "httpx"})
+    )
     try:
         assert "httpx" not in names
     finally:
         undo()
-    names, undo = install_instrumentors({}, ("httpx",))
+    names, undo = install_instrumentors(Settings.from_env({}, instrumentations="httpx"))
     try:
         assert names == ["httpx"]
     finally:
         undo()
+
+
+def test_opentelemetry_variables_devkit_acts_on_are_read_here() -> None:
+    settings = Settings.from_env(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+            "OTEL_PROPAGATORS": "TraceContext, b3",
+            "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "httpx, requests",
+            "PROMETHEUS_MULTIPROC_DIR": "/run/metrics",
+        }
+    )
+    assert settings.traces_exporter == "otlp"
+    assert settings.export.endpoint == "http://collector:4318/v1/traces"
+    assert settings.export.protocol_variable == "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+    assert settings.propagators == ("tracecontext", "b3")
+    assert settings.custom_propagators
+    assert settings.disabled_instrumentations == {"httpx", "requests"}
+    assert settings.multiprocess_dir == "/run/metrics"
+    plain = Settings.from_env({"OTEL_PROPAGATORS": "baggage,tracecontext", "X": ""})
+    assert not plain.custom_propagators and plain.multiprocess_dir is None
+
+
+def test_a_bad_protocol_is_an_error_only_for_the_otlp_exporter() -> None:
+    with pytest.raises(devkit.ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL='thrift'"):
+        Settings.from_env(
+            {"DEVKIT_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"}
+        )
+    settings = Settings.from_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"})
+    assert settings.traces_exporter == "none" and settings.export.protocol == "http/protobuf"
+
+
+def test_sources_of_effective_values() -> None:
+    from devkit.config import source_of
+
+    by_name = {v.name: v for v in VARIABLES}
+    env = {"OTEL_SERVICE_NAME": "a", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}
+    assert source_of(by_name["DEVKIT_SERVICE_NAME"], env) == "environment, OTEL_SERVICE_NAME"
+    assert (
+        source_of(by_name["DEVKIT_TRACES_EXPORTER"], env)
+        == "because OTEL_EXPORTER_OTLP_ENDPOINT is set"
+    )
+    assert source_of(by_name["DEVKIT_LOG_LEVEL"], {"DEVKIT_LOG_LEVEL": " "}) == "default"
+    resource = {"OTEL_RESOURCE_ATTRIBUTES": "service.name=b"}
+    assert source_of(by_name["DEVKIT_SERVICE_NAME"], resource) == (
+        "environment, OTEL_RESOURCE_ATTRIBUTES"
+    )

@@ -16,7 +16,15 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
-__all__ = ["add_listener", "counts", "remove_listener", "report", "reset", "set_strict"]
+__all__ = [
+    "add_listener",
+    "counts",
+    "remove_listener",
+    "report",
+    "reset",
+    "set_strict",
+    "type_name",
+]
 
 _lock = threading.Lock()
 _counts: Counter[tuple[str, str]] = Counter()
@@ -80,3 +88,12 @@ def set_strict(strict: bool) -> None:
     """Re-raise guarded exceptions instead of swallowing them (devkit's own tests)."""
     global _strict
     _strict = strict
+
+
+def type_name(exc: BaseException) -> str:
+    """An exception's type as logs, spans and ``error.type`` name it: ``ValueError`` for
+    builtins, ``module.Qualified`` for everything else."""
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"

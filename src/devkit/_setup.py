@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -41,7 +40,7 @@ def init(**overrides: Any) -> Runtime:
                 )
             return runtime
 
-        settings = Settings.from_env(os.environ, **overrides)
+        settings = Settings.from_env(None, **overrides)
         if settings.disabled:
             runtime = Runtime(settings=settings, enabled=False)
             _state.set_current(runtime)
@@ -56,7 +55,7 @@ def init(**overrides: Any) -> Runtime:
         runtime = Runtime(settings=settings, redactor=redactor)
         runtime.extra.update(components)
         try:
-            _build(runtime, dict(os.environ))
+            _build(runtime)
         except BaseException:
             _run_closers(runtime, settings.shutdown_timeout_s)
             raise
@@ -67,7 +66,7 @@ def init(**overrides: Any) -> Runtime:
         return runtime
 
 
-def _build(runtime: Runtime, environ: dict[str, str]) -> None:
+def _build(runtime: Runtime) -> None:
     """Build and install every component; each registers its undo in ``runtime.closers``."""
     from prometheus_client import REGISTRY
 
@@ -85,7 +84,11 @@ def _build(runtime: Runtime, environ: dict[str, str]) -> None:
     runtime.logs = pipeline
     closers.append(("logs", lambda _t: installation.undo()))
 
-    metrics = RedMetrics(REGISTRY, buckets=buckets_for(settings.slow_threshold_ms / 1000.0))
+    metrics = RedMetrics(
+        REGISTRY,
+        buckets=buckets_for(settings.slow_threshold_ms / 1000.0),
+        multiprocess_dir=settings.multiprocess_dir,
+    )
     runtime.metrics = metrics
     closers.append(("metrics", lambda _t: metrics.unregister()))
 
@@ -100,7 +103,6 @@ def _build(runtime: Runtime, environ: dict[str, str]) -> None:
     redactor = runtime.redactor
     tracing = build_tracing(
         settings,
-        environ,
         redact=redactor.redact_attributes if redactor is not None else None,
         on_drop=metrics.count_dropped_spans,
         on_decision=metrics.count_trace_decision,
@@ -109,7 +111,7 @@ def _build(runtime: Runtime, environ: dict[str, str]) -> None:
     runtime.tracing = tracing
     closers.append(("tracing", tracing.shutdown))
     metrics.before_scrape.append(tracing.processor.flush_counts)
-    undo_propagator = install_propagator(W3CPropagator(), environ)
+    undo_propagator = install_propagator(W3CPropagator(), settings)
     closers.append(("tracing", lambda _t: undo_propagator()))
 
     registry = health.configure(
@@ -132,7 +134,6 @@ def _build(runtime: Runtime, environ: dict[str, str]) -> None:
         logs=pipeline,
         health=registry,
         redactor=redactor,
-        propagators_from_env=_custom_propagators(environ),
     )
 
     if settings.metrics_port is not None:
@@ -153,18 +154,13 @@ def _build(runtime: Runtime, environ: dict[str, str]) -> None:
     runtime.integrations = names
     for undo in undos:
         closers.append(("integrations", _ignore_timeout(undo)))
-    instrumentors, undo_instrumentors = install_instrumentors(environ, settings.instrumentations)
+    instrumentors, undo_instrumentors = install_instrumentors(settings)
     runtime.instrumentors = instrumentors
     closers.append(("tracing", lambda _t: undo_instrumentors()))
 
 
 def _ignore_timeout(action: Callable[[], None]) -> Callable[[float], None]:
     return lambda _timeout: action()
-
-
-def _custom_propagators(environ: dict[str, str]) -> bool:
-    configured = environ.get("OTEL_PROPAGATORS", "").replace(" ", "")
-    return bool(configured) and configured not in ("tracecontext,baggage", "baggage,tracecontext")
 
 
 def _drain(runtime: Runtime, deadline: float) -> int:

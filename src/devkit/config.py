@@ -1,15 +1,23 @@
 """Settings: every knob of devkit, read from an environment mapping and validated once.
 
-``Settings.from_env(environ, **overrides)`` takes the mapping as an argument (tests pass a
-plain dict) and applies precedence *keyword override > DEVKIT_* variable > OTEL_* fallback
-> default*. Every invalid value raises :class:`devkit.ConfigError` naming the variable,
-the value and what is accepted, so a bad deployment fails at start-up, not at the first
-request. Empty variables count as unset, as in the OpenTelemetry SDK.
+This module is the only one in devkit that reads the environment. ``Settings.from_env``
+takes the mapping as an argument (tests pass a plain dict; ``None`` means ``os.environ``)
+and applies precedence *keyword override > DEVKIT_* variable > OTEL_* fallback >
+default*. The OpenTelemetry variables devkit acts on itself (export protocol and queue,
+propagators, disabled instrumentations) and ``PROMETHEUS_MULTIPROC_DIR`` are read here
+too, into options per area. Every invalid value raises :class:`devkit.ConfigError`
+naming the variable, the value and what is accepted, so a bad deployment fails at
+start-up, not at the first request. Empty variables count as unset, as in the
+OpenTelemetry SDK.
+
+The lists other modules share (log levels, probe kinds, frameworks, the server-side
+instrumentors devkit replaces) live here as well, so each is written once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,13 +25,102 @@ from typing import Any, Literal
 from devkit import _env
 from devkit.exceptions import ConfigError
 
-__all__ = ["LEVELS", "VARIABLES", "Settings", "Variable"]
+__all__ = [
+    "DEFAULT_PROPAGATORS",
+    "FRAMEWORKS",
+    "LEVELS",
+    "LEVEL_ALIASES",
+    "LEVEL_NUMBERS",
+    "MULTIPROCESS_VARIABLE",
+    "PROBE_KINDS",
+    "SERVER_INSTRUMENTORS",
+    "VARIABLES",
+    "ExportOptions",
+    "Framework",
+    "Settings",
+    "Variable",
+    "multiprocess_dir",
+    "reference_table",
+    "source_of",
+    "traces_endpoint",
+]
 
 #: Log levels in the order of severity, as written in the ``level`` field.
 LEVELS: tuple[str, ...] = ("debug", "info", "warn", "error", "fatal")
-_LEVEL_ALIASES = {"warning": "warn", "critical": "fatal", "err": "error"}
+#: The stdlib ``logging`` number of each level.
+LEVEL_NUMBERS: dict[str, int] = {"debug": 10, "info": 20, "warn": 30, "error": 40, "fatal": 50}
+#: Other spellings accepted for a level (in ``DEVKIT_LOG_LEVEL`` and as logger methods).
+LEVEL_ALIASES: dict[str, str] = {"warning": "warn", "critical": "fatal", "err": "error"}
 
 LogLevel = Literal["debug", "info", "warn", "error", "fatal"]
+
+#: The Kubernetes probes devkit answers under ``DEVKIT_HEALTH_PATH``.
+PROBE_KINDS: tuple[Literal["startup", "ready", "live"], ...] = ("startup", "ready", "live")
+
+
+@dataclass(frozen=True)
+class Framework:
+    """A framework ``init()`` instruments when it is installed."""
+
+    #: The integration module under ``devkit.integrations``.
+    integration: str
+    #: Shown by ``devkit doctor``.
+    label: str
+    #: Top-level packages; the first one must be installed for the integration.
+    packages: tuple[str, ...]
+
+
+FRAMEWORKS: tuple[Framework, ...] = (
+    Framework("starlette", "starlette/fastapi", ("starlette", "fastapi")),
+    Framework("flask", "flask", ("flask",)),
+    Framework("django", "django", ("django",)),
+)
+
+#: OpenTelemetry instrumentors of what devkit's own middleware covers: never activated,
+#: or requests would get two server spans.
+SERVER_INSTRUMENTORS: frozenset[str] = frozenset(
+    {
+        "asgi",
+        "wsgi",
+        "fastapi",
+        "starlette",
+        "flask",
+        "django",
+        "tornado",
+        "falcon",
+        "pyramid",
+        "aiohttp-server",
+        "logging",
+    }
+)
+
+#: What ``OTEL_PROPAGATORS`` names when it asks for nothing but devkit's own propagator.
+DEFAULT_PROPAGATORS: tuple[str, ...] = ("tracecontext", "baggage")
+
+
+MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+_PROTOCOLS = ("http/protobuf", "grpc")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Where and how kept spans leave the process.
+
+    From the OpenTelemetry variables; the OTLP exporter reads the rest of its own
+    (headers, compression, timeout, certificates) itself.
+    """
+
+    #: ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``, else ``OTEL_EXPORTER_OTLP_PROTOCOL``.
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    #: The variable the protocol came from, named by errors about it.
+    protocol_variable: str = "OTEL_EXPORTER_OTLP_PROTOCOL"
+    #: The URL traces are sent to, derived as the OpenTelemetry SDK derives it.
+    endpoint: str = "http://localhost:4318/v1/traces"
+    #: Bounds of devkit's export queue (``OTEL_BSP_*``). Batches are smaller than the
+    #: SDK's 512 spans: encoding one holds the GIL the request path needs.
+    max_queue_size: int = 8192
+    max_batch_size: int = 64
+    schedule_delay_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -115,16 +212,31 @@ class Settings:
     shutdown_timeout_s: float = 10.0
     instrumentations: tuple[str, ...] = ("all",)
     disabled: bool = False
+    # -- read from OpenTelemetry and prometheus-client variables (no keyword) -------------
+    #: The OTLP exporter and the export queue (``OTEL_EXPORTER_OTLP_*``, ``OTEL_BSP_*``).
+    export: ExportOptions = field(default_factory=ExportOptions)
+    #: ``OTEL_PROPAGATORS``, lower case, in order.
+    propagators: tuple[str, ...] = DEFAULT_PROPAGATORS
+    #: ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``.
+    disabled_instrumentations: frozenset[str] = frozenset()
+    #: ``PROMETHEUS_MULTIPROC_DIR``: workers' metrics are merged on every scrape.
+    multiprocess_dir: str | None = None
+
+    @property
+    def custom_propagators(self) -> bool:
+        """Whether ``OTEL_PROPAGATORS`` asks for more than devkit's W3C propagator."""
+        return set(self.propagators) != set(DEFAULT_PROPAGATORS)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> Settings:
-        """Build settings from ``environ`` with keyword ``overrides`` winning."""
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``), keyword ``overrides``
+        winning."""
         unknown = sorted(set(overrides) - set(_BY_FIELD))
         if unknown:
             raise ConfigError(
                 unknown[0], overrides[unknown[0]], "a keyword among " + ", ".join(_BY_FIELD)
             )
-        env = {k: v for k, v in environ.items() if v.strip()}
+        env = _present(os.environ if environ is None else environ)
         values: dict[str, Any] = {}
         for var in VARIABLES:
             if var.field in overrides and overrides[var.field] is not None:
@@ -155,6 +267,21 @@ class Settings:
         ):
             values["disabled"] = _env.parse_bool("OTEL_SDK_DISABLED", env["OTEL_SDK_DISABLED"])
 
+        values["export"] = _export_options(env, values.get("traces_exporter") == "otlp")
+        if "OTEL_PROPAGATORS" in env:
+            values["propagators"] = tuple(
+                name.lower()
+                for name in _env.parse_list("OTEL_PROPAGATORS", env["OTEL_PROPAGATORS"])
+            )
+        if "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS" in env:
+            values["disabled_instrumentations"] = frozenset(
+                _env.parse_list(
+                    "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS",
+                    env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"],
+                )
+            )
+        values["multiprocess_dir"] = env.get(MULTIPROCESS_VARIABLE)
+
         settings = cls(**values)
         settings._check_consistency()
         return settings
@@ -184,10 +311,73 @@ class Settings:
     @property
     def level_number(self) -> int:
         """The stdlib ``logging`` number of :attr:`log_level`."""
-        return _LEVEL_NUMBERS[self.log_level]
+        return LEVEL_NUMBERS[self.log_level]
 
 
-_LEVEL_NUMBERS = {"debug": 10, "info": 20, "warn": 30, "error": 40, "fatal": 50}
+def _present(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables that are set: empty ones count as unset, as in the OpenTelemetry SDK."""
+    return {k: v for k, v in environ.items() if v.strip()}
+
+
+def _export_options(env: Mapping[str, str], otlp: bool) -> ExportOptions:
+    options: dict[str, Any] = {}
+    for variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        if variable in env:
+            # Only an exporter that uses it makes a bad protocol an error.
+            options["protocol_variable"] = variable
+            if otlp:
+                options["protocol"] = _env.parse_choice(variable, env[variable], _PROTOCOLS)
+            break
+    options["endpoint"] = traces_endpoint(env, options.get("protocol", "http/protobuf"))
+    for variable, key, scale in (
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "max_queue_size", None),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "max_batch_size", None),
+        ("OTEL_BSP_SCHEDULE_DELAY", "schedule_delay_s", 1000.0),
+    ):
+        if variable in env:
+            value = _env.parse_int(variable, env[variable], minimum=1, maximum=10_000_000)
+            options[key] = value / scale if scale else value
+    return ExportOptions(**options)
+
+
+def traces_endpoint(environ: Mapping[str, str], protocol: str = "http/protobuf") -> str:
+    """The URL the OTLP trace exporter sends to, as the OpenTelemetry SDK derives it."""
+    specific = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    if specific:
+        return specific
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    if protocol == "grpc":
+        return base or "http://localhost:4317"
+    if base:
+        return base.rstrip("/") + "/v1/traces"
+    return "http://localhost:4318/v1/traces"
+
+
+def multiprocess_dir(environ: Mapping[str, str] | None = None) -> str | None:
+    """``PROMETHEUS_MULTIPROC_DIR`` (default ``os.environ``), or None when unset.
+
+    For code that runs without ``init()``, such as a gunicorn master's ``child_exit`` hook.
+    """
+    return _present(os.environ if environ is None else environ).get(MULTIPROCESS_VARIABLE)
+
+
+def source_of(variable: Variable, environ: Mapping[str, str]) -> str:
+    """Where the effective value of ``variable`` comes from (``devkit doctor`` shows it)."""
+    env = _present(environ)
+    if variable.name in env:
+        return "environment"
+    for other in variable.fallback:
+        if other in env:
+            return f"environment, {other}"
+    if variable.field == "service_name" and _resource_attribute(
+        env.get("OTEL_RESOURCE_ATTRIBUTES", ""), "service.name"
+    ):
+        return "environment, OTEL_RESOURCE_ATTRIBUTES"
+    if variable.field == "traces_exporter":
+        for endpoint in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+            if endpoint in env:
+                return f"because {endpoint} is set"
+    return "default"
 
 
 def _text(name: str, raw: object) -> str:
@@ -216,7 +406,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "service_name": _text,
     "service_version": _text,
     "environment": _text,
-    "log_level": _choice(*LEVELS, aliases=_LEVEL_ALIASES),
+    "log_level": _choice(*LEVELS, aliases=LEVEL_ALIASES),
     "log_format": _choice("json", "console"),
     "redact_mode": _choice("mask", "hash"),
     "redact_keys": _env.parse_list,

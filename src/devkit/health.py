@@ -41,6 +41,7 @@ from typing import Any, Final, Literal, Protocol, TypeVar
 import orjson
 
 from devkit import _errors
+from devkit.config import PROBE_KINDS
 
 __all__ = [
     "CheckFn",
@@ -67,7 +68,7 @@ CheckFn = Callable[[], "bool | Awaitable[bool | None] | None"]
 _F = TypeVar("_F", bound=CheckFn)
 _T = TypeVar("_T")
 
-KINDS: Final[tuple[Kind, ...]] = ("startup", "ready", "live")
+KINDS: Final[tuple[Kind, ...]] = PROBE_KINDS
 DEFAULT_TIMEOUT_S: Final = 1.0
 DEFAULT_CACHE_INTERVAL_S: Final = 1.0
 DEFAULT_LIVENESS_TIMEOUT_S: Final = 10.0

@@ -30,22 +30,17 @@ from opentelemetry import trace as otel_trace
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
 from devkit import _context, _errors
-from devkit.config import Settings
+from devkit.config import LEVEL_ALIASES, LEVEL_NUMBERS, LEVELS, Settings
 from devkit.redaction import Redactor
 
 __all__ = ["ACCESS_LOGGER", "LogPipeline", "StdlibHandler", "add_tap", "get_logger", "remove_tap"]
 
-# structlog method names and stdlib level names -> the SPEC's five level names.
+# structlog method names -> the SPEC's five level names.
 _LEVEL_OF_METHOD = {
-    "debug": "debug",
-    "info": "info",
+    **{level: level for level in LEVELS},
+    **LEVEL_ALIASES,
     "msg": "info",
-    "warning": "warn",
-    "warn": "warn",
-    "error": "error",
     "exception": "error",
-    "critical": "fatal",
-    "fatal": "fatal",
 }
 # Fields devkit writes; never redacted (their values are devkit's own) nor overwritten.
 _RESERVED = frozenset(
@@ -412,7 +407,7 @@ class _WriterFactory:
 _STD_RECORD_ATTRS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
 )
-_STD_LEVELS = {10: "debug", 20: "info", 30: "warn", 40: "error", 50: "fatal"}
+_STD_LEVELS = {number: level for level, number in LEVEL_NUMBERS.items()}
 
 
 def _stdlib_level(levelno: int) -> str:
@@ -545,10 +540,7 @@ def _format_exception(exc_info: object) -> dict[str, str] | None:
     if not isinstance(exc, BaseException):
         return None
     exc_type = type(exc)
-    module = exc_type.__module__
-    type_name = (
-        exc_type.__qualname__ if module == "builtins" else f"{module}.{exc_type.__qualname__}"
-    )
+    type_name = _errors.type_name(exc)
     try:
         text = str(exc)
     except Exception:

@@ -38,7 +38,6 @@ __all__ = [
     "ExemplarStore",
     "RedMetrics",
     "exposition",
-    "multiprocess_dir",
 ]
 
 UNMATCHED = "<unmatched>"
@@ -72,11 +71,6 @@ except ImportError:  # another client version: every write goes through the publ
 _EXEMPLAR_FILE_PREFIX = "devkit-exemplars-"
 _EXEMPLAR_FLUSH_INTERVAL_S = 1.0
 _EXEMPLAR_MAX_AGE_S = 3600.0
-
-
-def multiprocess_dir() -> str | None:
-    """The prometheus-client multiprocess directory, when the process runs in that mode."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 def buckets_for(slow_threshold_s: float) -> tuple[float, ...]:
@@ -161,9 +155,12 @@ class RedMetrics:
         *,
         buckets: Sequence[float] = DEFAULT_BUCKETS,
         exemplars: ExemplarStore | None = None,
+        multiprocess_dir: str | None = None,
     ) -> None:
         self.registry = registry
-        self.multiprocess = multiprocess_dir() is not None
+        #: prometheus-client's multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``).
+        self.multiprocess_dir = multiprocess_dir
+        self.multiprocess = multiprocess_dir is not None
         labels = ("method", "route", "status_code")
         self.requests = Counter(
             "http_requests_total", "HTTP requests served.", labels, registry=registry
@@ -215,7 +212,7 @@ class RedMetrics:
         self._upper_bounds = [*sorted(buckets), float("inf")]
         #: Run before every scrape: parts of devkit that count in bulk hand their counts over.
         self.before_scrape: list[Callable[[], None]] = []
-        self._exemplars = exemplars if exemplars is not None else ExemplarStore(multiprocess_dir())
+        self._exemplars = exemplars if exemplars is not None else ExemplarStore(multiprocess_dir)
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self._error_children: dict[tuple[str, str, int], Any] = {}
         self._in_progress_children: dict[str, Any] = {}
@@ -440,13 +437,13 @@ class _MultiprocessExemplarCollector(Collector):
         return sample._replace(exemplar=Exemplar({"trace_id": trace_id}, value, ts))
 
 
-def scrape_registry(default: CollectorRegistry, store: ExemplarStore | None) -> Collector:
+def scrape_registry(metrics: RedMetrics) -> Collector:
     """What ``/metrics`` serves: the registry, or in multiprocess mode every worker merged."""
-    directory = multiprocess_dir()
+    directory = metrics.multiprocess_dir
     if directory is None:
-        return default
+        return metrics.registry
     registry = CollectorRegistry()
-    registry.register(_MultiprocessExemplarCollector(directory, store or ExemplarStore(directory)))
+    registry.register(_MultiprocessExemplarCollector(directory, metrics.exemplars))
     return registry
 
 
@@ -460,11 +457,17 @@ def exposition(registry: Collector, accept: str | None) -> tuple[bytes, str]:
     return encoder(registry), content_type
 
 
-def mark_process_dead(pid: int) -> None:
-    """Remove a dead worker's live gauges and exemplars (gunicorn ``child_exit`` hook)."""
+def mark_process_dead(pid: int, directory: str | None = None) -> None:
+    """Remove a dead worker's live gauges and exemplars (gunicorn ``child_exit`` hook).
+
+    ``directory`` defaults to ``PROMETHEUS_MULTIPROC_DIR``: the gunicorn master that runs
+    the hook need not have called ``init()``.
+    """
     from prometheus_client import multiprocess
 
-    directory = multiprocess_dir()
+    from devkit.config import multiprocess_dir
+
+    directory = directory if directory is not None else multiprocess_dir()
     if directory is None:
         return
     multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]

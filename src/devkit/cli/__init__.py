@@ -44,6 +44,8 @@ from urllib.parse import urlsplit, urlunsplit
 if TYPE_CHECKING:
     from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+    from devkit.config import Settings
+
 __all__ = ["main"]
 
 
@@ -76,11 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 _OTLP_HTTP_MODULE = "opentelemetry.exporter.otlp.proto.http"
 _OTLP_GRPC_MODULE = "opentelemetry.exporter.otlp.proto.grpc"
-_FRAMEWORKS = (
-    ("starlette/fastapi", ("starlette", "fastapi")),
-    ("flask", ("flask",)),
-    ("django", ("django",)),
-)
 
 
 @dataclass
@@ -111,7 +108,6 @@ def doctor(
     env = {k: v for k, v in environ.items() if v.strip()}
     try:
         settings = Settings.from_env(env)
-        protocol = _otlp_protocol(env) if settings.traces_exporter == "otlp" else ""
     except ConfigError as exc:
         err.write(f"error: {exc}\n")
         return 2
@@ -119,9 +115,9 @@ def doctor(
     report = _Report(out)
     out.write(f"devkit {__version__} doctor\n")
     _doctor_configuration(report, settings, env)
-    _doctor_integrations(report, env)
-    _doctor_multiprocess(report, env)
-    _doctor_traces(report, settings, env, protocol, connect_timeout_s)
+    _doctor_integrations(report, settings)
+    _doctor_multiprocess(report, settings)
+    _doctor_traces(report, settings, connect_timeout_s)
 
     if report.problems:
         report.section(f"Problems ({len(report.problems)})")
@@ -132,26 +128,14 @@ def doctor(
     return 0
 
 
-def _otlp_protocol(env: Mapping[str, str]) -> str:
-    from devkit.exceptions import ConfigError
-
-    for variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
-        if variable in env:
-            protocol = env[variable].strip()
-            if protocol not in ("http/protobuf", "grpc"):
-                raise ConfigError(variable, protocol, "http/protobuf or grpc")
-            return protocol
-    return "http/protobuf"
-
-
-def _doctor_configuration(report: _Report, settings: Any, env: Mapping[str, str]) -> None:
-    from devkit.config import VARIABLES
+def _doctor_configuration(report: _Report, settings: Settings, env: Mapping[str, str]) -> None:
+    from devkit.config import VARIABLES, source_of
 
     report.section("Configuration (effective value, source)")
     for var in VARIABLES:
         value = getattr(settings, var.field)
         shown = ("***" if value else "unset") if var.field == "redact_salt" else _show(value)
-        report.row(var.name, shown, _source(var.name, var.field, var.fallback, env))
+        report.row(var.name, shown, source_of(var, env))
 
     known = {v.name for v in VARIABLES}
     for name in sorted(n for n in env if n.startswith("DEVKIT_") and n not in known):
@@ -166,21 +150,6 @@ def _doctor_configuration(report: _Report, settings: Any, env: Mapping[str, str]
         report.section("OpenTelemetry variables")
         for name in otel:
             report.row(name, _masked_otel_value(name, env[name]))
-
-
-def _source(name: str, field_name: str, fallback: tuple[str, ...], env: Mapping[str, str]) -> str:
-    if name in env:
-        return "environment"
-    for other in fallback:
-        if other in env:
-            return f"environment, {other}"
-    if field_name == "service_name" and "service.name=" in env.get("OTEL_RESOURCE_ATTRIBUTES", ""):
-        return "environment, OTEL_RESOURCE_ATTRIBUTES"
-    if field_name == "traces_exporter":
-        for endpoint in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
-            if endpoint in env:
-                return f"because {endpoint} is set"
-    return "default"
 
 
 def _show(value: object) -> str:
@@ -216,22 +185,22 @@ def _masked_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
-def _doctor_integrations(report: _Report, env: Mapping[str, str]) -> None:
-    from devkit.tracing.provider import _SKIPPED_INSTRUMENTORS
+def _doctor_integrations(report: _Report, settings: Settings) -> None:
+    from devkit.config import FRAMEWORKS, SERVER_INSTRUMENTORS
 
     report.section("Framework integrations (enabled by init() when importable)")
-    for label, modules in _FRAMEWORKS:
-        found = [f"{m} {_dist_version(m)}" for m in modules if _importable(m)]
-        report.row(label, ", ".join(found) if found else "not installed")
+    for framework in FRAMEWORKS:
+        found = [f"{m} {_dist_version(m)}" for m in framework.packages if _importable(m)]
+        report.row(framework.label, ", ".join(found) if found else "not installed")
 
     report.section("OpenTelemetry instrumentors (entry points opentelemetry_instrumentor)")
-    disabled = {n.strip() for n in env.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
+    disabled = settings.disabled_instrumentations
     eps = sorted(metadata.entry_points(group="opentelemetry_instrumentor"), key=lambda e: e.name)
     if not eps:
         report.row("(none installed)", "")
     for ep in eps:
         dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else ""
-        if ep.name in _SKIPPED_INSTRUMENTORS:
+        if ep.name in SERVER_INSTRUMENTORS:
             state = "skipped: devkit's middleware makes the server span"
         elif ep.name in disabled:
             state = "disabled by OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
@@ -254,9 +223,9 @@ def _dist_version(name: str) -> str:
         return "(version unknown)"
 
 
-def _doctor_multiprocess(report: _Report, env: Mapping[str, str]) -> None:
+def _doctor_multiprocess(report: _Report, settings: Settings) -> None:
     report.section("Metrics")
-    directory = env.get("PROMETHEUS_MULTIPROC_DIR")
+    directory = settings.multiprocess_dir
     if directory is None:
         report.row("multiprocess mode", "off", "PROMETHEUS_MULTIPROC_DIR unset: one process")
         return
@@ -273,9 +242,7 @@ def _doctor_multiprocess(report: _Report, env: Mapping[str, str]) -> None:
         )
 
 
-def _doctor_traces(
-    report: _Report, settings: Any, env: Mapping[str, str], protocol: str, timeout_s: float
-) -> None:
+def _doctor_traces(report: _Report, settings: Settings, timeout_s: float) -> None:
     report.section("Traces")
     if settings.disabled:
         report.row("devkit", "disabled", "DEVKIT_DISABLED / OTEL_SDK_DISABLED: init() is a no-op")
@@ -288,6 +255,7 @@ def _doctor_traces(
         report.row("exporter", "console", "spans printed on stdout")
         return
 
+    protocol = settings.export.protocol
     report.row("exporter", f"otlp ({protocol})")
     module = _OTLP_HTTP_MODULE if protocol == "http/protobuf" else _OTLP_GRPC_MODULE
     if not _importable(module):
@@ -297,7 +265,7 @@ def _doctor_traces(
             if protocol == "http/protobuf"
             else "pip install opentelemetry-exporter-otlp-proto-grpc",
         )
-    endpoint = traces_endpoint(env, protocol)
+    endpoint = settings.export.endpoint
     report.row("endpoint", _masked_url(endpoint))
 
     reachable, detail = _reachable(endpoint, timeout_s)
@@ -308,19 +276,6 @@ def _doctor_traces(
             "start a collector there or point OTEL_EXPORTER_OTLP_ENDPOINT at yours "
             "(meanwhile kept spans are dropped and counted, requests are not slowed)",
         )
-
-
-def traces_endpoint(env: Mapping[str, str], protocol: str = "http/protobuf") -> str:
-    """The URL the OTLP trace exporter sends to, as the OpenTelemetry SDK derives it."""
-    specific = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
-    if specific:
-        return specific
-    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-    if protocol == "grpc":
-        return base or "http://localhost:4317"
-    if base:
-        return base.rstrip("/") + "/v1/traces"
-    return "http://localhost:4318/v1/traces"
 
 
 def _reachable(endpoint: str, timeout_s: float) -> tuple[bool, str]:

@@ -24,7 +24,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanContext
 
 from devkit import _context, _errors
-from devkit.config import Settings
+from devkit.config import LEVEL_NUMBERS, PROBE_KINDS, Settings
 from devkit.health import HealthRegistry
 from devkit.logs import LogPipeline
 from devkit.metrics import STANDARD_METHODS, UNMATCHED, RedMetrics
@@ -132,7 +132,6 @@ class Exchange:
 
 #: The key under which the OpenTelemetry API keeps the current span in a Context.
 _SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, Context())))
-_LEVEL_NUMBERS = {"info": 20, "warn": 30, "error": 40}
 
 
 def _runtime_context_var() -> ContextVar[Context] | None:
@@ -166,7 +165,6 @@ class Instruments:
         logs: LogPipeline | None,
         health: HealthRegistry | None,
         redactor: Redactor | None,
-        propagators_from_env: bool = False,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -178,7 +176,8 @@ class Instruments:
         self.redactor = redactor
         self.metrics_path = settings.metrics_path if settings.metrics_port is None else None
         self.health_prefix = settings.health_path + "/"
-        self.probes = {self.health_prefix + kind: kind for kind in ("startup", "ready", "live")}
+        self.probes = {self.health_prefix + kind: kind for kind in PROBE_KINDS}
+        propagators_from_env = settings.custom_propagators
         self._propagators_from_env = propagators_from_env
         #: Lower-case names of the headers the propagators read (what adapters collect).
         self.propagation_headers = frozenset(_propagation_fields(propagators_from_env))
@@ -194,7 +193,7 @@ class Instruments:
         # Access records below DEVKIT_LOG_LEVEL are not even built.
         self._access_levels = {
             level: logs is not None and number >= logs.level_number
-            for level, number in _LEVEL_NUMBERS.items()
+            for level, number in LEVEL_NUMBERS.items()
         }
         var = _runtime_context_var()
         self._context_set = var.set if var is not None else context.attach
@@ -373,7 +372,7 @@ class Instruments:
         if span is not None:
             error_type = None
             if error:
-                error_type = _qualified(exc) if exc is not None else str(status)
+                error_type = _errors.type_name(exc) if exc is not None else str(status)
                 if exc is not None:
                     span.record_exception(exc)
             assert self.server_spans is not None
@@ -462,13 +461,6 @@ def _propagation_fields(from_env: bool) -> set[str]:
     return fields
 
 
-def _qualified(exc: BaseException) -> str:
-    cls = type(exc)
-    return (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
-
-
 def metrics_answer(inst: Instruments, accept: str | None) -> Answer:
     """The ``/metrics`` response, in the format ``accept`` asks for. Never raises."""
     from devkit.metrics import exposition, scrape_registry
@@ -478,7 +470,7 @@ def metrics_answer(inst: Instruments, accept: str | None) -> Answer:
     inst.flush_pending()
     try:
         inst.metrics.prepare_scrape()
-        registry = scrape_registry(inst.metrics.registry, inst.metrics.exemplars)
+        registry = scrape_registry(inst.metrics)
         body, content_type = exposition(registry, accept)
     except Exception as exc:
         _errors.report("metrics", "exposition_failed", exc)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from types import ModuleType
 
 from devkit import _errors
+from devkit.config import FRAMEWORKS
 from devkit.integrations._import_hooks import when_imported
 
 __all__ = ["enable_installed"]
@@ -22,16 +23,14 @@ __all__ = ["enable_installed"]
 Undo = Callable[[], None]
 Patch = Callable[[ModuleType], Undo]
 
-#: (integration, the top-level package that must be installed for it).
-_FRAMEWORKS = (("starlette", "starlette"), ("flask", "flask"), ("django", "django"))
-
 
 def enable_installed() -> tuple[list[str], list[Undo]]:
     """Arm every integration whose framework is installed; (names, undo actions)."""
     names: list[str] = []
     undos: list[Undo] = []
-    for name, package in _FRAMEWORKS:
-        if not _installed(package):
+    for framework in FRAMEWORKS:
+        name = framework.integration
+        if not _installed(framework.packages[0]):
             continue
         try:
             integration = importlib.import_module(f"devkit.integrations.{name}")

@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from devkit import _errors
+from devkit.config import ExportOptions
 
 __all__ = ["BatchExporter", "ExportSpan"]
 
@@ -117,9 +118,9 @@ class BatchExporter:
         self,
         exporter: SpanExporter,
         *,
-        max_queue_size: int = 8192,
-        max_batch_size: int = 64,
-        schedule_delay_s: float = 1.0,
+        max_queue_size: int = ExportOptions.max_queue_size,
+        max_batch_size: int = ExportOptions.max_batch_size,
+        schedule_delay_s: float = ExportOptions.schedule_delay_s,
         redact: Redact | None = None,
         on_drop: Count | None = None,
     ) -> None:

@@ -35,6 +35,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import Attributes, AttributeValue
 
+from devkit import _errors
 from devkit._version import __version__
 from devkit.tracing._export import ExportSpan
 from devkit.tracing.sampling import ratio_bound
@@ -282,9 +283,7 @@ class ServerSpan(Span):
             traceback.format_exception(type(exception), exception, exception.__traceback__)
         )
         event_attributes: dict[str, Any] = {
-            "exception.type": type(exception).__qualname__
-            if type(exception).__module__ == "builtins"
-            else f"{type(exception).__module__}.{type(exception).__qualname__}",
+            "exception.type": _errors.type_name(exception),
             "exception.message": str(exception),
             "exception.stacktrace": stack,
         }

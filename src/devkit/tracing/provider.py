@@ -7,7 +7,6 @@ followed by ``init()`` (tests, reloaders) works and tracers handed out earlier f
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from opentelemetry.trace import Link, NoOpTracerProvider, Span, SpanKind, Tracer
 from opentelemetry.util.types import Attributes
 
 from devkit import _errors
-from devkit.config import Settings
+from devkit.config import SERVER_INSTRUMENTORS, Settings
 from devkit.exceptions import ConfigError
 from devkit.tracing._export import BatchExporter
 from devkit.tracing._span import ServerSpanFactory
@@ -31,22 +30,6 @@ from devkit.tracing.sampling import ErrorBiasedSampler, SamplingLimits, TailSamp
 
 __all__ = ["ProxyTracerProvider", "Tracing", "build_tracing", "proxy_provider"]
 
-# Instrumentors for what devkit's own middleware already covers (no double server spans).
-_SKIPPED_INSTRUMENTORS = frozenset(
-    {
-        "asgi",
-        "wsgi",
-        "fastapi",
-        "starlette",
-        "flask",
-        "django",
-        "tornado",
-        "falcon",
-        "pyramid",
-        "aiohttp-server",
-        "logging",
-    }
-)
 Count = Callable[[str, int], None]
 
 
@@ -187,22 +170,13 @@ def build_resource(settings: Settings) -> Resource:
     return Resource.create(attributes)
 
 
-def build_exporter(settings: Settings, environ: Mapping[str, str]) -> SpanExporter | None:
+def build_exporter(settings: Settings) -> SpanExporter | None:
     if settings.traces_exporter == "none":
         return None
     if settings.traces_exporter == "console":
         return ConsoleSpanExporter()
-    protocol = (
-        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    ).strip()
-    variable = (
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
-        if environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        else "OTEL_EXPORTER_OTLP_PROTOCOL"
-    )
-    if protocol == "http/protobuf":
+    options = settings.export
+    if options.protocol == "http/protobuf":
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         except ImportError:
@@ -217,43 +191,22 @@ def build_exporter(settings: Settings, environ: Mapping[str, str]) -> SpanExport
         exporter = OTLPSpanExporter()
         use_keep_alive(exporter)
         return FastOTLPExporter(exporter)
-    if protocol == "grpc":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
-                OTLPSpanExporter as GrpcExporter,
-            )
-        except ImportError:
-            raise ConfigError(
-                variable,
-                protocol,
-                "http/protobuf, or grpc with opentelemetry-exporter-otlp-proto-grpc installed",
-            ) from None
-        grpc_exporter: SpanExporter = GrpcExporter()
-        return grpc_exporter
-    raise ConfigError(variable, protocol, "http/protobuf or grpc")
-
-
-def batch_options(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The export queue's bounds from the OpenTelemetry ``OTEL_BSP_*`` variables."""
-    from devkit import _env
-
-    options: dict[str, Any] = {}
-    for variable, key, scale in (
-        ("OTEL_BSP_MAX_QUEUE_SIZE", "max_queue_size", None),
-        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "max_batch_size", None),
-        ("OTEL_BSP_SCHEDULE_DELAY", "schedule_delay_s", 1000.0),
-    ):
-        raw = environ.get(variable, "").strip()
-        if not raw:
-            continue
-        value = _env.parse_int(variable, raw, minimum=1, maximum=10_000_000)
-        options[key] = value / scale if scale else value
-    return options
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
+            OTLPSpanExporter as GrpcExporter,
+        )
+    except ImportError:
+        raise ConfigError(
+            options.protocol_variable,
+            options.protocol,
+            "http/protobuf, or grpc with opentelemetry-exporter-otlp-proto-grpc installed",
+        ) from None
+    grpc_exporter: SpanExporter = GrpcExporter()
+    return grpc_exporter
 
 
 def build_tracing(
     settings: Settings,
-    environ: Mapping[str, str],
     *,
     redact: Callable[[Mapping[str, Any]], dict[str, Any]] | None,
     on_drop: Count,
@@ -262,9 +215,17 @@ def build_tracing(
     limits: SamplingLimits | None = None,
 ) -> Tracing:
     """Provider + tail sampler + export queue. ``exporter`` overrides the configured one."""
-    span_exporter = exporter if exporter is not None else build_exporter(settings, environ)
+    span_exporter = exporter if exporter is not None else build_exporter(settings)
+    options = settings.export
     batch = (
-        BatchExporter(span_exporter, redact=redact, on_drop=on_drop, **batch_options(environ))
+        BatchExporter(
+            span_exporter,
+            max_queue_size=options.max_queue_size,
+            max_batch_size=options.max_batch_size,
+            schedule_delay_s=options.schedule_delay_s,
+            redact=redact,
+            on_drop=on_drop,
+        )
         if span_exporter is not None
         else None
     )
@@ -300,37 +261,32 @@ def build_tracing(
     return tracing
 
 
-def install_propagator(propagator: Any, environ: Mapping[str, str]) -> Callable[[], None]:
+def install_propagator(propagator: Any, settings: Settings) -> Callable[[], None]:
     """Make ``propagator`` the global textmap unless OTEL_PROPAGATORS asks for others."""
-    configured = environ.get("OTEL_PROPAGATORS", "").replace(" ", "")
-    if configured and configured not in ("tracecontext,baggage", "baggage,tracecontext"):
+    if settings.custom_propagators:
         return lambda: None
     previous = propagate.get_global_textmap()
     propagate.set_global_textmap(propagator)
     return lambda: propagate.set_global_textmap(previous)
 
 
-def install_instrumentors(
-    environ: Mapping[str, str], include: Sequence[str] = ("all",)
-) -> tuple[list[str], Callable[[], None]]:
+def install_instrumentors(settings: Settings) -> tuple[list[str], Callable[[], None]]:
     """Activate installed OpenTelemetry instrumentors (requests, httpx, SQLAlchemy, ...).
 
-    Honours ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``; skips server-side framework
-    instrumentors because devkit's middleware already creates the server span.
+    Those of ``DEVKIT_INSTRUMENTATIONS`` less ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``;
+    never the server-side framework instrumentors: devkit's middleware makes the server
+    span.
     """
     from importlib.metadata import entry_points
 
-    disabled = {
-        name.strip()
-        for name in environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")
-        if name.strip()
-    }
+    include = settings.instrumentations
+    disabled = settings.disabled_instrumentations
     active: list[tuple[str, Any]] = []
     if "none" in include:
         return [], lambda: None
     wanted = None if "all" in include else set(include)
     for ep in entry_points(group="opentelemetry_instrumentor"):
-        if ep.name in _SKIPPED_INSTRUMENTORS or ep.name in disabled:
+        if ep.name in SERVER_INSTRUMENTORS or ep.name in disabled:
             continue
         if wanted is not None and ep.name not in wanted:
             continue
@@ -356,7 +312,3 @@ def install_instrumentors(
                 _errors.report("tracing", "uninstrument_failed", detail=str(exc))
 
     return [name for name, _ in active], undo
-
-
-def environ_snapshot() -> dict[str, str]:
-    return dict(os.environ)
