@@ -83,23 +83,6 @@ def test_shutdown_runs_at_interpreter_exit() -> None:
     assert out.stderr == ""
 
 
-def test_public_api_is_exactly_all() -> None:
-    public = {name for name in dir(devkit) if not name.startswith(("_", "@"))} - {
-        "annotations",
-        "config",
-        "exceptions",
-        "logs",
-        "redaction",
-        "testing",
-        "metrics",
-        "http",
-        "tracing",
-        "integrations",
-        "cli",
-    }
-    assert public == set(devkit.__all__) - {"__version__"}
-
-
 def test_shutdown_writes_one_final_record(devkit_logs: CapturedLogs) -> None:
     devkit.init()
     from devkit import _setup

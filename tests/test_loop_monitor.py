@@ -11,10 +11,9 @@ from devkit import _loop, _state
 
 def test_lag_monitor_observes_a_blocked_loop_and_stops_cleanly() -> None:
     runtime = devkit.init()
-    assert runtime.instruments is not None
 
     async def main() -> None:
-        _loop.attach(asyncio.get_running_loop(), runtime.instruments)  # type: ignore[arg-type]
+        _loop.attach(asyncio.get_running_loop(), runtime.metrics, runtime.health)
         await asyncio.sleep(0.1)
         time.sleep(0.8)  # noqa: ASYNC251 - block the loop past the 0.5 s tick
         await asyncio.sleep(0.6)

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from devkit import _errors
 
 if TYPE_CHECKING:
-    from devkit.http._core import Instruments
+    from devkit.health import HealthRegistry
+    from devkit.metrics import RedMetrics
 
 __all__ = ["attach"]
 
@@ -56,18 +57,20 @@ class _LagMonitor:
         self.stopped = True
 
 
-def attach(loop: asyncio.AbstractEventLoop, inst: Instruments) -> None:
+def attach(
+    loop: asyncio.AbstractEventLoop, metrics: RedMetrics | None, health: HealthRegistry | None
+) -> None:
     """Start the lag monitor and attach the liveness watchdog to ``loop`` (once per loop)."""
     current = _attached.get(loop)
     if current is not None and not current.stopped:
         return
-    if inst.metrics is not None:
-        monitor = _LagMonitor(loop, inst.metrics.loop_lag.observe)
+    if metrics is not None:
+        monitor = _LagMonitor(loop, metrics.loop_lag.observe)
         monitor.start()
         _attached[loop] = monitor
-    if inst.health is not None:
+    if health is not None:
         try:
-            inst.health.watchdog.attach(loop)
+            health.watchdog.attach(loop)
         except Exception as exc:
             _errors.report("health", "watchdog_attach_failed", exc)
 

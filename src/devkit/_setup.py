@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from devkit import _errors, _state, logs
-from devkit._state import Runtime
+from devkit._state import Runtime, State
 from devkit.config import Settings
 from devkit.redaction import Redactor
 
@@ -30,21 +30,21 @@ def init(**overrides: Any) -> Runtime:
     """
     global _atexit_registered
     with _state.lock():
-        runtime = _state.current()
-        if runtime is not None:
-            if not runtime.warned_reinit:
-                runtime.warned_reinit = True
+        state = _state.current()
+        if state is not None:
+            if not state.warned_reinit:
+                state.warned_reinit = True
                 logs.get_logger("devkit").warning(
                     "devkit.init() called again; keeping the existing runtime",
                     ignored_overrides=sorted(overrides) or None,
                 )
-            return runtime
+            return state.view
 
         settings = Settings.from_env(None, **overrides)
         if settings.disabled:
-            runtime = Runtime(settings=settings, enabled=False)
-            _state.set_current(runtime)
-            return runtime
+            state = State(settings=settings, enabled=False)
+            _state.set_current(state)
+            return state.view
 
         redactor = Redactor(
             mode=settings.redact_mode,
@@ -52,36 +52,34 @@ def init(**overrides: Any) -> Runtime:
             extra_keys=settings.redact_keys,
             redact_ip=settings.redact_ip,
         )
-        runtime = Runtime(settings=settings, redactor=redactor)
-        runtime.extra.update(components)
+        state = State(settings=settings, redactor=redactor)
         try:
-            _build(runtime)
+            _build(state)
         except BaseException:
-            _run_closers(runtime, settings.shutdown_timeout_s)
+            _run_closers(state, settings.shutdown_timeout_s)
             raise
-        _state.set_current(runtime)
+        _state.set_current(state)
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
-        return runtime
+        return state.view
 
 
-def _build(runtime: Runtime) -> None:
-    """Build and install every component; each registers its undo in ``runtime.closers``."""
+def _build(state: State) -> None:
+    """Build and install every component; each registers its undo in ``state.closers``."""
     from prometheus_client import REGISTRY
 
     from devkit import health
-    from devkit.http._core import Instruments
+    from devkit.http._core import Core
     from devkit.metrics import RedMetrics, buckets_for
     from devkit.tracing.propagation import W3CPropagator
     from devkit.tracing.provider import build_tracing, install_instrumentors, install_propagator
 
-    settings = runtime.settings
-    closers = runtime.closers
+    settings = state.settings
+    closers = state.closers
 
-    pipeline = logs.LogPipeline(settings, runtime.redactor, sys.stdout)
+    pipeline = logs.LogPipeline(settings, state.redactor, sys.stdout)
     installation = logs.install(pipeline)
-    runtime.logs = pipeline
     closers.append(("logs", lambda _t: installation.undo()))
 
     metrics = RedMetrics(
@@ -89,7 +87,6 @@ def _build(runtime: Runtime) -> None:
         buckets=buckets_for(settings.slow_threshold_ms / 1000.0),
         multiprocess_dir=settings.multiprocess_dir,
     )
-    runtime.metrics = metrics
     closers.append(("metrics", lambda _t: metrics.unregister()))
 
     from devkit import _loop
@@ -100,15 +97,14 @@ def _build(runtime: Runtime) -> None:
     _errors.add_listener(metrics.count_internal_error)
     closers.append(("metrics", lambda _t: _errors.remove_listener(metrics.count_internal_error)))
 
-    redactor = runtime.redactor
+    redactor = state.redactor
     tracing = build_tracing(
         settings,
         redact=redactor.redact_attributes if redactor is not None else None,
         on_drop=metrics.count_dropped_spans,
         on_decision=metrics.count_trace_decision,
-        exporter=runtime.extra.get("span_exporter"),
+        exporter=components.get("span_exporter"),
     )
-    runtime.tracing = tracing
     closers.append(("tracing", tracing.shutdown))
     metrics.before_scrape.append(tracing.processor.flush_counts)
     undo_propagator = install_propagator(W3CPropagator(), settings)
@@ -118,7 +114,6 @@ def _build(runtime: Runtime) -> None:
         liveness_timeout_s=settings.liveness_timeout_s,
         redact=redactor.redact_str if redactor is not None else None,
     )
-    runtime.health = registry
     closers.append(("health", lambda _t: registry.stop()))
 
     from devkit._signals import chain_sigterm
@@ -127,35 +122,31 @@ def _build(runtime: Runtime) -> None:
     if undo_signal is not None:
         closers.append(("health", _ignore_timeout(undo_signal)))
 
-    runtime.instruments = Instruments(
-        settings,
-        metrics=metrics,
-        tracing=tracing,
-        logs=pipeline,
-        health=registry,
-        redactor=redactor,
+    core = state.core = Core(
+        settings, metrics=metrics, tracing=tracing, logs=pipeline, health=registry
     )
 
     if settings.metrics_port is not None:
         from devkit.http._metrics_server import MetricsServer
 
+        endpoints = core.endpoints_for(settings, serve_metrics=True)
         try:
-            server = MetricsServer(runtime.instruments, settings.metrics_port).start()
+            server = MetricsServer(endpoints, settings.metrics_port).start()
         except OSError as exc:
             # e.g. several gunicorn workers: the first one serves the merged metrics.
             _errors.report("metrics_server", "port_unavailable", detail=str(exc))
         else:
-            runtime.extra["metrics_server"] = server
+            state.metrics_server = server
             closers.append(("metrics_server", server.stop))
 
     from devkit import integrations
 
     names, undos = integrations.enable_installed()
-    runtime.integrations = names
+    state.integrations = tuple(names)
     for undo in undos:
         closers.append(("integrations", _ignore_timeout(undo)))
     instrumentors, undo_instrumentors = install_instrumentors(settings)
-    runtime.instrumentors = instrumentors
+    state.instrumentors = tuple(instrumentors)
     closers.append(("tracing", lambda _t: undo_instrumentors()))
 
 
@@ -163,31 +154,34 @@ def _ignore_timeout(action: Callable[[], None]) -> Callable[[float], None]:
     return lambda _timeout: action()
 
 
-def _drain(runtime: Runtime, deadline: float) -> int:
+def _drain(state: State, deadline: float) -> int:
     """Wait (bounded) for in-flight requests of other threads; the number left unfinished."""
-    inst = runtime.instruments
-    if inst is None:
+    core = state.core
+    if core is None:
         return 0
-    while inst.in_flight > 0 and time.monotonic() < deadline:
+    while core.in_flight > 0 and time.monotonic() < deadline:
         time.sleep(0.01)
-    return inst.in_flight
+    return core.in_flight
 
 
-def finish_pending(runtime: Runtime | None = None) -> None:
+def finish_pending() -> None:
     """Do the books (span, metrics, access record) of requests that ended on an event loop
     and wait for the end of its iteration; what reads those results calls this first."""
-    runtime = runtime if runtime is not None else _state.current()
-    if runtime is not None and runtime.instruments is not None:
-        runtime.instruments.flush_pending()
+    core = _state.core()
+    if core is not None:
+        core.flush_pending()
 
 
-def _flush_runtime(runtime: Runtime, timeout_s: float) -> bool:
-    finish_pending(runtime)
-    if runtime.tracing is None:
+def _flush_state(state: State, timeout_s: float) -> bool:
+    core = state.core
+    if core is None:
+        return True
+    core.flush_pending()
+    if core.tracing is None:
         return True
     try:
-        runtime.tracing.processor.force_flush()
-        exporter = runtime.tracing.exporter
+        core.tracing.processor.force_flush()
+        exporter = core.tracing.exporter
         return exporter.force_flush(timeout_s) if exporter is not None else True
     except Exception as exc:
         _errors.report("tracing", "flush_failed", exc)
@@ -201,11 +195,11 @@ def flush(timeout_s: float | None = None) -> bool:
     Called when the server stops (ASGI lifespan shutdown) because a server that re-raises
     SIGTERM after its shutdown never runs ``atexit`` handlers.
     """
-    runtime = _state.current()
-    if runtime is None:
+    state = _state.current()
+    if state is None:
         return True
-    timeout = timeout_s if timeout_s is not None else runtime.settings.shutdown_timeout_s
-    return _flush_runtime(runtime, timeout)
+    timeout = timeout_s if timeout_s is not None else state.settings.shutdown_timeout_s
+    return _flush_state(state, timeout)
 
 
 def stop_serving(timeout_s: float | None = None) -> None:
@@ -215,30 +209,32 @@ def stop_serving(timeout_s: float | None = None) -> None:
     Run by the ASGI lifespan shutdown (a server that re-raises SIGTERM never reaches
     ``atexit``) and by :func:`shutdown`.
     """
-    runtime = _state.current()
-    if runtime is None or runtime.extra.get("stopped"):
+    state = _state.current()
+    if state is None or state.stopped:
         return
-    runtime.extra["stopped"] = True
-    _stop_serving(runtime, timeout_s)
+    state.stopped = True
+    _stop_serving(state, timeout_s)
 
 
-def _stop_serving(runtime: Runtime, timeout_s: float | None) -> None:
-    timeout = timeout_s if timeout_s is not None else runtime.settings.shutdown_timeout_s
+def _stop_serving(state: State, timeout_s: float | None) -> None:
+    timeout = timeout_s if timeout_s is not None else state.settings.shutdown_timeout_s
     deadline = time.monotonic() + timeout
-    if runtime.health is not None:
-        runtime.health.begin_shutdown()
-    unfinished = _drain(runtime, deadline)
-    flushed = _flush_runtime(runtime, max(0.0, deadline - time.monotonic()))
-    if runtime.logs is None:
+    core = state.core
+    if core is None:
         return
-    exporter = runtime.tracing.exporter if runtime.tracing is not None else None
-    inst = runtime.instruments
-    runtime.logs.emit(
+    if core.health is not None:
+        core.health.begin_shutdown()
+    unfinished = _drain(state, deadline)
+    flushed = _flush_state(state, max(0.0, deadline - time.monotonic()))
+    if core.logs is None:
+        return
+    exporter = core.tracing.exporter if core.tracing is not None else None
+    core.logs.emit(
         "info" if flushed and unfinished == 0 else "warn",
         {
             "event": "shutdown complete",
             "logger": "devkit",
-            "requests_served": inst.started_requests if inst is not None else 0,
+            "requests_served": core.started_requests,
             "requests_unfinished": unfinished,
             "spans_exported": exporter.exported if exporter is not None else 0,
             "spans_unexported": exporter.pending() if exporter is not None else 0,
@@ -254,30 +250,30 @@ def shutdown(timeout_s: float | None = None) -> None:
     ``DEVKIT_SHUTDOWN_TIMEOUT_S``) bounds the whole shutdown.
     """
     with _state.lock():
-        runtime = _state.current()
-        if runtime is None:
+        state = _state.current()
+        if state is None:
             return
-        timeout = timeout_s if timeout_s is not None else runtime.settings.shutdown_timeout_s
+        timeout = timeout_s if timeout_s is not None else state.settings.shutdown_timeout_s
         deadline = time.monotonic() + timeout
         try:
-            if not runtime.extra.get("stopped"):
-                runtime.extra["stopped"] = True
+            if not state.stopped:
+                state.stopped = True
                 try:
-                    _stop_serving(runtime, timeout)
+                    _stop_serving(state, timeout)
                 except Exception as exc:
                     _errors.report("devkit", "stop_serving_failed", exc)
         finally:
             # Whatever failed above, the runtime is gone and every closer runs.
             _state.reset()
-            _run_closers(runtime, max(0.0, deadline - time.monotonic()))
+            _run_closers(state, max(0.0, deadline - time.monotonic()))
 
 
-def _run_closers(runtime: Runtime, timeout_s: float) -> None:
+def _run_closers(state: State, timeout_s: float) -> None:
     """Run every undo action, newest first; a failing one never stops the others."""
     deadline = time.monotonic() + timeout_s
     first: BaseException | None = None
-    while runtime.closers:
-        name, close = runtime.closers.pop()
+    while state.closers:
+        name, close = state.closers.pop()
         try:
             close(max(0.0, deadline - time.monotonic()))
         except Exception as exc:

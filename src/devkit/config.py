@@ -34,6 +34,7 @@ __all__ = [
     "MULTIPROCESS_VARIABLE",
     "PROBE_KINDS",
     "SERVER_INSTRUMENTORS",
+    "UNMATCHED_ROUTE",
     "VARIABLES",
     "ExportOptions",
     "Framework",
@@ -53,6 +54,10 @@ LEVEL_NUMBERS: dict[str, int] = {"debug": 10, "info": 20, "warn": 30, "error": 4
 LEVEL_ALIASES: dict[str, str] = {"warning": "warn", "critical": "fatal", "err": "error"}
 
 LogLevel = Literal["debug", "info", "warn", "error", "fatal"]
+
+#: The ``route`` of a request that matched no route (metrics label, access record, span
+#: name): one value, so scanners' 404 floods cannot grow the label set.
+UNMATCHED_ROUTE = "<unmatched>"
 
 #: The Kubernetes probes devkit answers under ``DEVKIT_HEALTH_PATH``.
 PROBE_KINDS: tuple[Literal["startup", "ready", "live"], ...] = ("startup", "ready", "live")

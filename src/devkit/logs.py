@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
 from types import TracebackType
-from typing import IO, Any, cast
+from typing import IO, Any, Protocol, cast
 
 import orjson
 import structlog
@@ -33,7 +33,19 @@ from devkit import _context, _errors
 from devkit.config import LEVEL_ALIASES, LEVEL_NUMBERS, LEVELS, Settings
 from devkit.redaction import Redactor
 
-__all__ = ["ACCESS_LOGGER", "LogPipeline", "StdlibHandler", "add_tap", "get_logger", "remove_tap"]
+__all__ = [
+    "ACCESS_LOGGER",
+    "MAX_LOGGED_PATH",
+    "AccessRequest",
+    "Installation",
+    "LogPipeline",
+    "StdlibHandler",
+    "add_tap",
+    "get_logger",
+    "install",
+    "redact_query",
+    "remove_tap",
+]
 
 # structlog method names -> the SPEC's five level names.
 _LEVEL_OF_METHOD = {
@@ -65,6 +77,8 @@ _JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 #: The logger name of the middleware's ``request completed`` records.
 ACCESS_LOGGER = "devkit.access"
 _MAX_CACHED_ROUTES = 4096
+#: The longest path an access record carries; longer ones are cut.
+MAX_LOGGED_PATH = 2048
 # The access record: timestamp second, milliseconds, head (level ... method), route JSON,
 # path JSON, status, duration in ms, [trace id, span id,] correlation id.
 _ACCESS_TRACED = (
@@ -92,6 +106,37 @@ def add_tap(tap: Callable[[bytes], None]) -> None:
 def remove_tap(tap: Callable[[bytes], None]) -> None:
     if tap in _TAPS:
         _TAPS.remove(tap)
+
+
+class AccessRequest(Protocol):
+    """What :meth:`LogPipeline.access` reads of a finished request (``devkit.http``'s
+    request record)."""
+
+    method_label: str
+    route: str
+    path: str
+    query: str
+    status: int
+    duration: float
+    error: bool
+    exc: BaseException | None
+    #: The trace's ids (0 without a trace) and the correlation id.
+    trace_id: int
+    span_id: int
+    cid: str
+    #: When the request ended (wall clock), or None for now.
+    created: float | None
+
+
+def redact_query(query: str) -> str:
+    """``a=1&b=2`` -> ``a=[REDACTED]&b=[REDACTED]``: names stay, values never reach logs."""
+    parts = []
+    for item in query.split("&"):
+        if not item:
+            continue
+        name, sep, _value = item.partition("=")
+        parts.append(f"{name}=[REDACTED]" if sep else name)
+    return "&".join(parts)
 
 
 class _Clock:
@@ -139,6 +184,10 @@ class LogPipeline:
         self._service_json = orjson.dumps(self.service)
         self._access_heads: dict[tuple[str, str], bytes] = {}
         self._route_json: dict[str, bytes] = {}
+        # Access records below DEVKIT_LOG_LEVEL are not even built.
+        self._access_levels = {
+            level: LEVEL_NUMBERS[level] >= self.level_number for level in ("info", "warn", "error")
+        }
 
     # -- processing -------------------------------------------------------------------
 
@@ -225,36 +274,37 @@ class LogPipeline:
 
     # -- the access record ------------------------------------------------------------
 
-    def access(
-        self,
-        level: str,
-        method: str,
-        route: str,
-        path: str,
-        status_code: int,
-        duration_s: float,
-        trace_id: int,
-        span_id: int,
-        correlation_id: str,
-        exc: BaseException | None = None,
-        created: float | None = None,
-    ) -> None:
-        """Write the ``request completed`` record of one request; never raises.
+    def access(self, request: AccessRequest) -> None:
+        """Write the ``request completed`` record of one finished request; never raises.
 
-        The same fields, in the same order, as :meth:`emit` would write, rendered from
-        parts cached at the first request (the level/service/logger/message/method head,
-        the JSON of each route template), so the record costs one format operation.
-        ``method`` is a method label and ``correlation_id`` a validated one: both are
-        JSON-safe as they are. ``path`` must already be redacted; ``trace_id`` is 0 when
-        the request has no trace; ``created`` (default: now) is when the request ended.
-        The console format and a record with an exception take :meth:`emit`.
+        info below 400, warn for 4xx, error for 5xx and unhandled exceptions (with the
+        exception). The path's query values are replaced and the rest of the path goes
+        through the redactor; every other field is devkit's own (a method label, a route
+        template, numbers, ids it validated). The record is rendered from parts cached
+        at the first request, in one format operation (docs/benchmarks.md#access-records);
+        the console format and a record with an exception take :meth:`emit`.
         """
-        if self._console or exc is not None:
-            ids = (trace_id, span_id, correlation_id)
-            self._access_generic(
-                level, method, route, path, status_code, duration_s, exc, created, ids
-            )
+        if request.error:
+            level = "error"
+        elif request.status >= 400:
+            level = "warn"
+        else:
+            level = "info"
+        if not self._access_levels[level]:
             return
+        path = request.path
+        if len(path) > MAX_LOGGED_PATH:
+            path = path[:MAX_LOGGED_PATH]
+        if request.query:
+            path = f"{path}?{redact_query(request.query)}"
+        if self.redactor is not None:
+            path = self.redactor.redact_str(path)
+        exc = request.exc if request.error else None
+        if self._console or exc is not None:
+            self._access_generic(level, request, path, exc)
+            return
+        method, route, created = request.method_label, request.route, request.created
+        trace_id = request.trace_id
         try:
             head = self._access_heads.get((level, method))
             if head is None:
@@ -275,46 +325,37 @@ class LogPipeline:
                 head,
                 route_json,
                 orjson.dumps(path),
-                status_code,
-                duration_s * 1000.0,
+                request.status,
+                request.duration * 1000.0,
             )
             if trace_id:
-                line = _ACCESS_TRACED % (*fields, trace_id, span_id, correlation_id.encode())
+                line = _ACCESS_TRACED % (*fields, trace_id, request.span_id, request.cid.encode())
             else:
-                line = _ACCESS_UNTRACED % (*fields, correlation_id.encode())
+                line = _ACCESS_UNTRACED % (*fields, request.cid.encode())
         except Exception:  # a path orjson refuses (lone surrogates): the generic path copes
-            ids = (trace_id, span_id, correlation_id)
-            self._access_generic(
-                level, method, route, path, status_code, duration_s, None, created, ids
-            )
+            self._access_generic(level, request, path, None)
             return
         self.write(line)
 
     def _access_generic(
-        self,
-        level: str,
-        method: str,
-        route: str,
-        path: str,
-        status_code: int,
-        duration_s: float,
-        exc: BaseException | None,
-        created: float | None,
-        ids: tuple[int, int, str],
+        self, level: str, request: AccessRequest, path: str, exc: BaseException | None
     ) -> None:
+        """The access record through :meth:`emit`, with the request's own ids (the record
+        may be written after the request's context was left)."""
         event: dict[str, Any] = {
             "event": "request completed",
             "logger": ACCESS_LOGGER,
-            "method": method,
-            "route": route,
+            "method": request.method_label,
+            "route": request.route,
             "path": path,
-            "status_code": status_code,
-            "duration_ms": round(duration_s * 1000.0, 3),
+            "status_code": request.status,
+            "duration_ms": round(request.duration * 1000.0, 3),
         }
         if exc is not None:
             event["exc_info"] = exc
+        ids = (request.trace_id, request.span_id, request.cid)
         # Every field is devkit's own or redacted by the caller; an exception still is.
-        self.emit(level, event, created, redact=False, ids=ids)
+        self.emit(level, event, request.created, redact=False, ids=ids)
 
     def _access_head(self, level: str, method: str) -> bytes:
         head = (

@@ -19,28 +19,34 @@ import glob
 import os
 import threading
 import time
-from bisect import bisect_left as _bisect_left
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar, Sample
+
+from devkit import _compat
+from devkit.config import UNMATCHED_ROUTE
 
 __all__ = [
     "DEFAULT_BUCKETS",
     "STANDARD_METHODS",
     "UNMATCHED",
     "ExemplarStore",
+    "ObservedRequest",
     "RedMetrics",
+    "buckets_for",
     "exposition",
+    "mark_process_dead",
+    "scrape_registry",
 ]
 
-UNMATCHED = "<unmatched>"
+UNMATCHED = UNMATCHED_ROUTE
 STANDARD_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
@@ -63,11 +69,7 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
     10.0,
 )
 _MAX_CACHED_CHILDREN = 10_000
-
-try:  # the single-process value type; see _plain_value
-    from prometheus_client.values import MutexValue as _MutexValue
-except ImportError:  # another client version: every write goes through the public API
-    _MutexValue = None  # type: ignore[assignment,misc]
+_IN_PROGRESS = ("http_requests_in_progress", "HTTP requests being served.")
 _EXEMPLAR_FILE_PREFIX = "devkit-exemplars-"
 _EXEMPLAR_FLUSH_INTERVAL_S = 1.0
 _EXEMPLAR_MAX_AGE_S = 3600.0
@@ -142,6 +144,21 @@ class ExemplarStore:
         return result
 
 
+class ObservedRequest(Protocol):
+    """What :meth:`RedMetrics.observe` reads of a finished request (``devkit.http``'s
+    request record)."""
+
+    method_label: str
+    route: str
+    status: int
+    duration: float
+    error: bool
+    #: The trace id (32 hex) of a kept trace, for the exemplars; None otherwise.
+    exemplar: str | None
+    #: What :meth:`RedMetrics.request_started` returned, or None.
+    in_progress: Any
+
+
 def _series_key(name: str, labels: dict[str, str]) -> str:
     return name + "|" + "|".join(f"{k}={labels[k]}" for k in sorted(labels))
 
@@ -178,13 +195,23 @@ class RedMetrics:
             buckets=buckets,
             registry=registry,
         )
-        self.in_progress = Gauge(
-            "http_requests_in_progress",
-            "HTTP requests being served.",
-            ("method",),
-            registry=registry,
-            multiprocess_mode="livesum",
-        )
+        #: Held by every write of the request metrics' values (``_compat.plain_value``)
+        #: and of the in-progress counts.
+        self._lock = threading.Lock()
+        #: Requests in progress per method, in one process: devkit's own counts, exposed
+        #: by a collector of its own (a dict write under the lock above instead of a
+        #: gauge child's). Workers of a multiprocess server share a livesum gauge.
+        self._live: dict[str, float] | None = None
+        self._shared_gauge: Gauge | None = None
+        self.in_progress: Collector
+        if self.multiprocess:
+            self.in_progress = self._shared_gauge = Gauge(
+                *_IN_PROGRESS, ("method",), registry=registry, multiprocess_mode="livesum"
+            )
+        else:
+            self._live = {}
+            self.in_progress = _LiveGauge(self._live, self._lock)
+            registry.register(self.in_progress)
         self.loop_lag = Histogram(
             "devkit_event_loop_lag_seconds",
             "Delay of a timer on the server's asyncio event loop (saturation).",
@@ -209,15 +236,13 @@ class RedMetrics:
             ("decision",),
             registry=registry,
         )
-        self._upper_bounds = [*sorted(buckets), float("inf")]
+        self._bucket_bounds = [*sorted(buckets), float("inf")]
         #: Run before every scrape: parts of devkit that count in bulk hand their counts over.
         self.before_scrape: list[Callable[[], None]] = []
         self._exemplars = exemplars if exemplars is not None else ExemplarStore(multiprocess_dir)
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self._error_children: dict[tuple[str, str, int], Any] = {}
         self._in_progress_children: dict[str, Any] = {}
-        #: Held by every write of the request metrics' values (see ``_plain_value``).
-        self._lock = threading.Lock()
         # Reasons and decisions are a small fixed set of devkit's own strings.
         self._drop_children: dict[str, Any] = {}
         self._decision_children: dict[str, Any] = {}
@@ -247,44 +272,37 @@ class RedMetrics:
                 _errors.report("metrics", "before_scrape_failed", exc)
 
     def request_started(self, method: str) -> Any:
-        """+1 on the in-progress gauge of ``method``; pass the result to :meth:`observe`."""
+        """+1 on the in-progress gauge of ``method``; the record keeps the result for
+        :meth:`observe`, which takes it back down."""
+        live = self._live
+        if live is not None:
+            with self._lock:
+                live[method] = live.get(method, 0.0) + 1.0
+            return method
         child = self._in_progress_children.get(method)
         if child is None:
-            gauge = self.in_progress.labels(method)
-            child = self._in_progress_children[method] = _plain_value(gauge) or gauge
-        if type(child) is _MutexValue:
-            with self._lock:
-                child._value += 1.0
-        else:
-            child.inc()
+            assert self._shared_gauge is not None
+            child = self._in_progress_children[method] = self._shared_gauge.labels(method)
+        child.inc()
         return child
 
-    def observe(
-        self,
-        method: str,
-        route: str,
-        status_code: int,
-        duration_s: float,
-        error: bool,
-        trace_id: str | None,
-        started: Any = None,
-    ) -> None:
-        """Record one finished request; ``trace_id`` only when the trace was kept.
-
-        ``started`` is what :meth:`request_started` returned (the gauge goes back down).
-        """
+    def observe(self, request: ObservedRequest) -> None:
+        """Record one finished request; its exemplar only when its trace was kept."""
+        method, route, status_code = request.method_label, request.route, request.status
         key = (method, route, status_code)
         children = self._children.get(key)
         if children is None:
             children = self._new_children(method, route, str(status_code))
             if len(self._children) < _MAX_CACHED_CHILDREN:
                 self._children[key] = children
+        duration_s = request.duration
+        trace_id = request.exemplar
+        started = request.in_progress
+        live = self._live
         plain = children[2]
-        if plain is not None and (started is None or type(started) is _MutexValue):
+        if plain is not None:
             # One lock for the whole request instead of one per value object: every
-            # devkit write to these values holds it (see _plain_value).
-            total, count, buckets, bounds = plain
-            bucket = buckets[_bisect_left(bounds, duration_s)]
+            # devkit write to these values holds it (docs/benchmarks.md#red-metrics).
             kept = None
             if trace_id is not None:
                 # What inc(1, exemplar) and observe(duration, exemplar) store, without
@@ -292,13 +310,9 @@ class RedMetrics:
                 labels, now = {"trace_id": trace_id}, time.time()
                 kept = (Exemplar(labels, 1, now), Exemplar(labels, duration_s, now))
             with self._lock:
-                total._value += 1.0
-                count._value += duration_s
-                bucket._value += 1.0
-                if started is not None:
-                    started._value -= 1.0
-                if kept is not None:
-                    total._exemplar, bucket._exemplar = kept
+                plain(duration_s, kept)
+                if live is not None and started is not None:
+                    live[started] -= 1.0
         else:
             with self._lock:
                 if trace_id is None:
@@ -309,15 +323,15 @@ class RedMetrics:
                     children[0].inc(1, exemplar)
                     children[1].observe(duration_s, exemplar)
                 if started is not None:
-                    if type(started) is _MutexValue:
-                        started._value -= 1.0
+                    if live is not None:
+                        live[started] -= 1.0
                     else:
                         started.dec()
             if trace_id is not None and self.multiprocess:
                 self._record_multiprocess_exemplars(
                     method, route, status_code, duration_s, trace_id
                 )
-        if error:
+        if request.error:
             # Created on the first error only: no zero series for every successful route.
             errors = self._error_children.get(key)
             if errors is None:
@@ -330,27 +344,14 @@ class RedMetrics:
         """(counter child, histogram child, their plain values or None)."""
         requests = self.requests.labels(method, route, status)
         duration = self.duration.labels(method, route, status)
-        plain = None
-        total = _plain_value(requests)
-        if total is not None:
-            try:
-                count = _plain_value(duration, "_sum")
-                buckets = [
-                    _plain_value(duration, "_buckets", i) for i in range(len(duration._buckets))
-                ]
-                bounds = [float(bound) for bound in duration._upper_bounds]
-            except (AttributeError, TypeError):
-                count = None
-            if count is not None and all(buckets) and len(buckets) == len(bounds):
-                plain = (total, count, buckets, bounds)
-        return requests, duration, plain
+        return requests, duration, _compat.plain_values(requests, duration)
 
     def _record_multiprocess_exemplars(
         self, method: str, route: str, status_code: int, duration_s: float, trace_id: str
     ) -> None:
         labels = {"method": method, "route": route, "status_code": str(status_code)}
         self._exemplars.record(_series_key("http_requests_total", labels), trace_id, 1.0)
-        for bound in self._upper_bounds:
+        for bound in self._bucket_bounds:
             if duration_s <= bound:
                 le = _float_to_go(bound)
                 self._exemplars.record(
@@ -384,33 +385,30 @@ class RedMetrics:
                 pass
 
 
-def _plain_value(child: Any, attribute: str = "_value", index: int | None = None) -> Any:
-    """The ``MutexValue`` behind a label child's value, or None.
-
-    prometheus-client guards each value with its own lock; devkit writes the values (and
-    the exemplars) of its own request metrics directly under one lock of its own (one
-    acquisition per request instead of five to seven). That is equivalent as long as every
-    write to these values holds devkit's lock — devkit's children are written only by
-    :class:`RedMetrics` — and readers, which take the value's lock, see one whole float
-    (one whole exemplar) either way. Any other value type (multiprocess mode's
-    mmap-backed values, another client version) goes through the public API.
-    """
-    value = getattr(child, attribute, None)
-    if index is not None:
-        value = value[index] if isinstance(value, list) else None
-    if (
-        type(value) is _MutexValue
-        and type(getattr(value, "_value", None)) is float
-        and hasattr(value, "_exemplar")
-    ):
-        return value
-    return None
-
-
 def _float_to_go(value: float) -> str:
     from prometheus_client.utils import floatToGoString
 
     return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+
+
+class _LiveGauge(Collector):
+    """``http_requests_in_progress{method}`` from devkit's own counts (one process)."""
+
+    def __init__(self, live: dict[str, float], lock: threading.Lock) -> None:
+        self._live = live
+        self._lock = lock
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(*_IN_PROGRESS, labels=("method",))
+        with self._lock:
+            counts = sorted(self._live.items())
+        for method, value in counts:
+            family.add_metric((method,), value)
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        # Registered with a name, so another collector cannot take it.
+        yield GaugeMetricFamily(*_IN_PROGRESS, labels=("method",))
 
 
 class _MultiprocessExemplarCollector(Collector):
@@ -475,14 +473,3 @@ def mark_process_dead(pid: int, directory: str | None = None) -> None:
         os.remove(os.path.join(directory, f"{_EXEMPLAR_FILE_PREFIX}{pid}.json"))
     except FileNotFoundError:
         pass
-
-
-def iter_samples(registry: Collector, name: str) -> Iterator[Sample]:
-    """Every sample called ``name`` (helper for tests and ``devkit.testing``)."""
-    for metric in registry.collect():
-        for sample in metric.samples:
-            if sample.name == name:
-                yield sample
-
-
-Listener = Callable[[str, str], None]

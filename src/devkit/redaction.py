@@ -87,7 +87,7 @@ def _segments(key: str) -> tuple[str, ...]:
 
 # Each regex starts with a literal or a small character class and only then looks
 # behind (``X(?<!...X)``): the engine then skips ahead in C to candidate positions
-# instead of evaluating a look-behind at every character (~10x faster on long text).
+# instead of evaluating a look-behind at every character (docs/benchmarks.md#redaction).
 #
 # Standalone: a neighbour in _W makes a digit part of a larger token; so does a "-"
 # glued to one (ids such as UUIDs or ORD-2024-000123 are never cut into numbers).

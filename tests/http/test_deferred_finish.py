@@ -23,7 +23,8 @@ from starlette.routing import Route
 
 import devkit
 from devkit import _context, _setup, _state
-from devkit.http._core import MAX_PENDING, Instruments, metrics_answer
+from devkit.http import _core as core_module
+from devkit.http._core import MAX_PENDING, Core
 from devkit.testing import CapturedLogs, MetricSamples
 
 _ACCESS = b'"message":"request completed"'
@@ -37,10 +38,17 @@ def _app() -> Any:
     return devkit.asgi(Starlette(routes=[Route("/ok/{n}", ok)]))
 
 
-def _instruments() -> Instruments:
-    runtime = _state.current()
-    assert runtime is not None and runtime.instruments is not None
-    return runtime.instruments
+def _core() -> Core:
+    core = _state.core()
+    assert core is not None
+    return core
+
+
+def _begin(core: Core, path: str, status: int = 200) -> core_module.Request:
+    """A request opened by hand (as the WSGI adapter does), its status already known."""
+    req = core.begin_environ({"REQUEST_METHOD": "GET", "PATH_INFO": path})
+    req.status = status
+    return req
 
 
 async def _request(app: Any, path: str = "/ok/1", busy: bool = True) -> dict[str, Any]:
@@ -111,7 +119,7 @@ def test_an_idle_server_closes_the_books_at_once(devkit_logs: CapturedLogs) -> N
     async def run() -> None:
         await _request(app, busy=False)
         # Nothing to batch with: no callback, no loop iteration of its own.
-        assert len(_instruments()._pending) == 0
+        assert len(_core()._pending) == 0
         (line,) = _access_lines(devkit_logs)
         assert orjson.loads(line)["status_code"] == 200
 
@@ -165,7 +173,7 @@ def test_deferred_records_carry_their_own_request_ids(devkit_logs: CapturedLogs)
 def test_pending_requests_are_bounded_and_none_is_lost(devkit_logs: CapturedLogs) -> None:
     devkit.init()
     app = _app()
-    inst = _instruments()
+    core = _core()
     count = MAX_PENDING * 2 + 10
 
     async def run() -> list[str]:
@@ -173,7 +181,7 @@ def test_pending_requests_are_bounded_and_none_is_lost(devkit_logs: CapturedLogs
         for n in range(count):
             sent = await _request(app, f"/ok/{n}")
             cids.append(sent["headers"][b"x-correlation-id"].decode())
-            assert 0 < len(inst._pending) <= MAX_PENDING
+            assert 0 < len(core._pending) <= MAX_PENDING
         await asyncio.sleep(0)
         return cids
 
@@ -184,10 +192,9 @@ def test_pending_requests_are_bounded_and_none_is_lost(devkit_logs: CapturedLogs
 
 def test_without_a_running_loop_books_close_at_once(devkit_logs: CapturedLogs) -> None:
     devkit.init()
-    inst = _instruments()
-    ex = inst.begin("GET", "http", "/ok/sync", "", None, None)
-    inst.finish_soon(ex, "/ok/{n}", 204)
-    assert len(inst._pending) == 0
+    core = _core()
+    core.finish_soon(_begin(core, "/ok/sync", 204), "/ok/{n}")
+    assert len(core._pending) == 0
     (line,) = _access_lines(devkit_logs)
     assert orjson.loads(line)["status_code"] == 204
 
@@ -197,14 +204,14 @@ def test_readers_close_the_books_first(
 ) -> None:
     devkit.init()
     app = _app()
-    inst = _instruments()
+    core = _core()
     labels = {"method": "GET", "route": "/ok/{n}", "status_code": "200"}
 
     async def run() -> None:
         await _request(app)
-        assert len(inst._pending) == 1
+        assert len(core._pending) == 1
         # /metrics reflects every request that ended before the scrape.
-        status, _, body = metrics_answer(inst, None)
+        status, _, body = core.endpoints.answer("/metrics")
         assert status == 200
         sample = b'http_requests_total{method="GET",route="/ok/{n}",status_code="200"} 1.0'
         assert sample in body
@@ -221,15 +228,15 @@ def test_readers_close_the_books_first(
 
 def test_shutdown_closes_the_books(devkit_logs: CapturedLogs) -> None:
     devkit.init()
-    inst = _instruments()
+    core = _core()
 
     async def run() -> None:
-        busy = inst.begin("GET", "http", "/ok/busy", "", None, None)
-        ex = inst.begin("GET", "http", "/ok/last", "", None, None)
+        busy = _begin(core, "/ok/busy")
+        last = _begin(core, "/ok/last")
         asyncio.get_running_loop().call_soon(_other_work)
-        inst.finish_soon(ex, "/ok/{n}", 200)
-        inst.finish(busy, "/ok/{n}", 200, None)
-        assert len(inst._pending) == 1
+        core.finish_soon(last, "/ok/{n}")
+        core.finish(busy, "/ok/{n}")
+        assert len(core._pending) == 1
         devkit.shutdown()  # before the loop's iteration ends
         paths = [orjson.loads(line)["path"] for line in _access_lines(devkit_logs)]
         assert paths == ["/ok/busy", "/ok/last"]
@@ -240,12 +247,12 @@ def test_shutdown_closes_the_books(devkit_logs: CapturedLogs) -> None:
 def test_books_closed_from_another_thread_are_closed_once(devkit_logs: CapturedLogs) -> None:
     devkit.init()
     app = _app()
-    inst = _instruments()
+    core = _core()
     stop = threading.Event()
 
     def reader() -> None:  # a scrape on the metrics port, a test reading records
         while not stop.is_set():
-            inst.flush_pending()
+            core.flush_pending()
 
     thread = threading.Thread(target=reader)
     thread.start()

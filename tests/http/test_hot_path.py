@@ -37,11 +37,11 @@ _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
 def _flush() -> None:
-    runtime = _state.current()
-    assert runtime is not None and runtime.tracing is not None
-    runtime.tracing.processor.force_flush()
-    assert runtime.tracing.exporter is not None
-    runtime.tracing.exporter.force_flush()
+    core = _state.core()
+    assert core is not None and core.tracing is not None
+    core.tracing.processor.force_flush()
+    assert core.tracing.exporter is not None
+    core.tracing.exporter.force_flush()
 
 
 async def ok(request: Request) -> Response:
@@ -97,9 +97,9 @@ def test_access_record_escapes_what_json_needs(devkit_logs: CapturedLogs) -> Non
 
 def test_access_record_without_tracing_has_no_trace_fields(devkit_logs: CapturedLogs) -> None:
     devkit.init(traces_exporter="none")
-    runtime = _state.current()
-    assert runtime is not None and runtime.instruments is not None
-    runtime.instruments.server_spans = None  # tracing off on the request path
+    core = _state.core()
+    assert core is not None
+    core.server_spans = None  # tracing off on the request path
     call(app(), "/ok/2")
     (record,) = devkit_logs.find(message="request completed")
     assert "trace_id" not in record and record["correlation_id"]
@@ -176,7 +176,7 @@ def test_children_ending_after_the_request_follow_its_decision(
     kept_child = next(s for s in spans.get_finished_spans() if s.name == "late-child")
     kept_root = next(s for s in spans.get_finished_spans() if s.name == "GET /late")
     assert kept_child.context.trace_id == kept_root.context.trace_id
-    runtime = _state.current()
+    runtime = _state.core()
     assert runtime is not None and runtime.tracing is not None
     assert runtime.tracing.processor.pending_traces() == 0
 
@@ -195,7 +195,7 @@ def test_children_started_after_the_request_follow_its_decision(
     after = [s for s in spans.get_finished_spans() if s.name == "after-response"]
     kept_root = next(s for s in spans.get_finished_spans() if s.name == "GET /late")
     assert [s.context.trace_id for s in after] == [kept_root.context.trace_id]
-    runtime = _state.current()
+    runtime = _state.core()
     assert runtime is not None and runtime.tracing is not None
     assert runtime.tracing.processor.pending_traces() == 0
 
@@ -203,7 +203,7 @@ def test_children_started_after_the_request_follow_its_decision(
 def test_request_without_children_leaves_no_decision_behind(devkit_logs: CapturedLogs) -> None:
     devkit.init(sample_success_ratio=0.0)
     call(app(), *[f"/ok/{i}" for i in range(20)])
-    runtime = _state.current()
+    runtime = _state.core()
     assert runtime is not None and runtime.tracing is not None
     processor = runtime.tracing.processor
     assert processor.pending_traces() == 0

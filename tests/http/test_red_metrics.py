@@ -3,13 +3,36 @@
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from devkit import metrics as metrics_module
+from devkit import _compat
 from devkit.metrics import DEFAULT_BUCKETS, RedMetrics
+
+
+def finished(
+    method: str,
+    route: str,
+    status: int,
+    duration: float,
+    error: bool,
+    exemplar: str | None,
+    in_progress: Any = None,
+) -> SimpleNamespace:
+    """A finished request as RedMetrics.observe reads it (the record's fields)."""
+    return SimpleNamespace(
+        method_label=method,
+        route=route,
+        status=status,
+        duration=duration,
+        error=error,
+        exemplar=exemplar,
+        in_progress=in_progress,
+    )
+
 
 DURATIONS = [0.0, 0.001, 0.005, 0.0050001, 0.3, 0.29999, 10.0, 10.5, 1e9, *DEFAULT_BUCKETS]
 
@@ -40,7 +63,7 @@ def test_observe_matches_the_public_api() -> None:
     red = RedMetrics(registry, buckets=DEFAULT_BUCKETS)
     reference, requests, duration = reference_metrics()
     for d in DURATIONS:
-        red.observe("GET", "/x", 200, d, False, None)
+        red.observe(finished("GET", "/x", 200, d, False, None))
         requests.labels("GET", "/x", "200").inc()
         duration.labels("GET", "/x", "200").observe(d)
     assert samples(registry, "http_request_duration_seconds") == samples(
@@ -64,7 +87,7 @@ def test_kept_traces_store_the_exemplars_the_public_api_stores() -> None:
     reference, requests, duration = reference_metrics()
     for n, d in enumerate(DURATIONS):
         trace_id = "%032x" % (n + 1)
-        red.observe("GET", "/x", 200, d, False, trace_id)
+        red.observe(finished("GET", "/x", 200, d, False, trace_id))
         requests.labels("GET", "/x", "200").inc(1, {"trace_id": trace_id})
         duration.labels("GET", "/x", "200").observe(d, {"trace_id": trace_id})
     got = exemplars(registry)
@@ -81,7 +104,7 @@ def test_request_started_moves_the_gauge_and_observe_brings_it_back() -> None:
     first = red.request_started("GET")
     red.request_started("GET")
     assert registry.get_sample_value("http_requests_in_progress", {"method": "GET"}) == 2.0
-    red.observe("GET", "/x", 200, 0.01, False, None, first)
+    red.observe(finished("GET", "/x", 200, 0.01, False, None, first))
     assert registry.get_sample_value("http_requests_in_progress", {"method": "GET"}) == 1.0
 
 
@@ -89,7 +112,7 @@ def test_kept_trace_path_also_brings_the_gauge_back_and_attaches_the_exemplar() 
     registry = CollectorRegistry()
     red = RedMetrics(registry)
     started = red.request_started("GET")
-    red.observe("GET", "/x", 200, 0.01, False, "ab" * 16, started)
+    red.observe(finished("GET", "/x", 200, 0.01, False, "ab" * 16, started))
     assert registry.get_sample_value("http_requests_in_progress", {"method": "GET"}) == 0.0
     (requests,) = [m for m in registry.collect() if m.name == "http_requests"]
     (total,) = [s for s in requests.samples if s.name == "http_requests_total"]
@@ -108,7 +131,7 @@ def test_concurrent_writers_lose_no_update() -> None:
             started = red.request_started("GET")
             # every 100th with an exemplar: the public-API writer shares the lock
             trace = "%032x" % (i + 1) if i % 100 == 0 else None
-            red.observe("GET", "/x", 200, 0.001 * (n + 1), False, trace, started)
+            red.observe(finished("GET", "/x", 200, 0.001 * (n + 1), False, trace, started))
 
     pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
     for t in pool:
@@ -131,12 +154,13 @@ def test_concurrent_writers_lose_no_update() -> None:
 def test_without_prometheus_internals_the_public_api_is_used(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(metrics_module, "_plain_value", lambda *args: None)
+    monkeypatch.setattr(_compat, "plain_value", lambda *args: None)
+    monkeypatch.setattr(_compat, "plain_values", lambda *args: None)
     registry = CollectorRegistry()
     red = RedMetrics(registry)
     started = red.request_started("GET")
     red.request_started("GET")
-    red.observe("GET", "/x", 200, 0.2, False, None, started)
+    red.observe(finished("GET", "/x", 200, 0.2, False, None, started))
     assert (
         registry.get_sample_value(
             "http_request_duration_seconds_bucket",
@@ -150,4 +174,31 @@ def test_without_prometheus_internals_the_public_api_is_used(
         )
         == 1.0
     )
+    assert registry.get_sample_value("http_requests_in_progress", {"method": "GET"}) == 1.0
+
+
+def test_in_progress_is_exposed_as_a_gauge_would_be() -> None:
+    """devkit counts requests in progress itself; the exposition is a gauge's."""
+    from prometheus_client import Gauge, generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+
+    registry = CollectorRegistry()
+    red = RedMetrics(registry)
+    reference = CollectorRegistry()
+    gauge = Gauge(
+        "http_requests_in_progress", "HTTP requests being served.", ("method",), registry=reference
+    )
+    get = red.request_started("GET")
+    red.request_started("POST")
+    red.request_started("GET")
+    gauge.labels("GET").inc(2)
+    gauge.labels("POST").inc()
+    red.observe(finished("GET", "/x", 200, 0.01, False, None, get))
+    gauge.labels("GET").dec()
+
+    def family(text: bytes) -> list[bytes]:
+        return [line for line in text.splitlines() if b"http_requests_in_progress" in line]
+
+    for encode in (generate_latest, openmetrics):
+        assert family(encode(registry)) == family(encode(reference))
     assert registry.get_sample_value("http_requests_in_progress", {"method": "GET"}) == 1.0

@@ -97,6 +97,7 @@ def test_probes_semantics(tmp_path: Path, receiver: OTLPReceiver) -> None:
         httpx.post(f"{server.url}/_test/database/up")
         time.sleep(1.1)
         before = httpx.get(f"{server.url}/_test/calls").json()["calls"]
+        started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
             codes = list(
                 pool.map(
@@ -104,9 +105,12 @@ def test_probes_semantics(tmp_path: Path, receiver: OTLPReceiver) -> None:
                     range(200),
                 )
             )
+        storm_s = time.monotonic() - started
         after = httpx.get(f"{server.url}/_test/calls").json()["calls"]
         assert codes.count(200) >= 190
-        assert after - before <= 5
+        # At most one call per 1 s cache interval, however many probes (and however slow
+        # the machine makes the storm), plus the interval the storm began in.
+        assert after - before <= int(storm_s) + 2, (after - before, storm_s)
     logs = server.json_lines()
     assert not [r for r in logs if str(r.get("path", "")).startswith("/healthz")]
 

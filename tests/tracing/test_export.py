@@ -8,6 +8,7 @@ from typing import Any
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from request_record import end_request, start_request
 
 from devkit.redaction import Redactor
 from devkit.tracing._export import BatchExporter, ExportSpan
@@ -31,10 +32,10 @@ class Recording(SpanExporter):
 
 def server_span(path: str = "/users/alice@example.com") -> ServerSpan:
     factory = ServerSpanFactory(ratio=1.0, resource=lambda: RESOURCE, on_end=lambda s: None)
-    span = factory.start_request("GET", "GET", "http", path, "cid-1", None)
+    span = start_request(factory, "GET", path, "cid-1")
     span.set_attribute("user.email", "alice@example.com")
     span.add_event("login", {"password": "hunter2"})
-    factory.end_request(span, "/users/{name}", 200, None)
+    end_request(factory, span, "/users/{name}", 200)
     return span
 
 

@@ -24,6 +24,7 @@ from opentelemetry.trace import (
     TraceFlags,
     TraceState,
 )
+from request_record import end_request, start_request
 
 from devkit.tracing._export import ExportSpan
 from devkit.tracing._otlp import FastOTLPExporter, _Encoder, encode_spans
@@ -72,10 +73,10 @@ def readable(**overrides: Any) -> ReadableSpan:
 def test_server_span_from_the_request_path() -> None:
     factory = ServerSpanFactory(ratio=1.0, resource=lambda: RESOURCE, on_end=lambda s: None)
     remote = SpanContext(5, 6, True, TraceFlags(1), TraceState([("vendor", "x1"), ("other", "y")]))
-    span = factory.start_request("GET", "GET", "http", "/items/1", "cid", remote)
+    span = start_request(factory, "GET", "/items/1", "cid", remote)
     span.set_attribute("user.id", 7)
     span.add_event("cache miss", {"key": "k", "hit": False})
-    factory.end_request(span, "/items/{id}", 503, "503")
+    end_request(factory, span, "/items/{id}", 503, "503")
     span.add_link(SpanContext(8, 9, True, TraceFlags(1)), {"l": 1})  # ended: ignored
     assert_same(
         [
@@ -101,8 +102,8 @@ def test_plain_export_spans_go_to_a_wrapped_exporter_as_sdk_spans() -> None:
             return SpanExportResult.SUCCESS
 
     factory = ServerSpanFactory(ratio=1.0, resource=lambda: RESOURCE, on_end=lambda s: None)
-    span = factory.start_request("GET", "GET", "http", "/items/1", "cid", None)
-    factory.end_request(span, "/items/{id}", 200, None)
+    span = start_request(factory, "GET", "/items/1", "cid")
+    end_request(factory, span, "/items/{id}", 200)
     wrapped = Recording()
     exporter = FastOTLPExporter(wrapped)
     assert not exporter.fast  # not the stock class: every batch falls back

@@ -14,6 +14,7 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
+from request_record import end_request, record, start_request
 
 from devkit.redaction import Redactor
 from devkit.tracing._span import ServerSpan, ServerSpanFactory
@@ -112,30 +113,31 @@ def test_current_span_is_visible_through_the_api() -> None:
         trace.context_api.detach(token)
 
 
-def test_plain_ids_match_the_span_context() -> None:
+def test_the_record_gets_the_span_contexts_ids() -> None:
     """The ids the access record reads without property calls are the context's own."""
     f, _ = factory(0.5)
     spans = [
-        f.start_request("GET", "GET", "http", "/", "cid", None),
-        f.start_request("GET", "GET", "http", "/", "cid", remote(0xFEED, True)),
-        f.start_request("GET", "GET", "http", "/", "cid", SpanContext(0, 0, True)),
-        f.start("GET", None, {}),
+        start_request(f, parent=None),
+        start_request(f, parent=remote(0xFEED, True)),
+        start_request(f, parent=SpanContext(0, 0, True)),
     ]
     for span in spans:
         assert span.context.is_valid
-        assert (span.trace_id, span.span_id) == (span.context.trace_id, span.context.span_id)
-    assert spans[1].trace_id == 0xFEED and spans[1].parent is not None
+        req = record(span)
+        assert (req.trace_id, req.span_id) == (span.context.trace_id, span.context.span_id)
+    assert record(spans[1]).trace_id == 0xFEED and spans[1].parent is not None
     assert spans[2].parent is None  # an invalid remote parent starts a new trace
+    assert f.start("GET", None, {}).context.is_valid
 
 
 def test_redacted_attributes_redact_what_can_carry_pii_and_keep_devkits_own() -> None:
 
     redactor = Redactor()
     f, _ = factory()
-    span = f.start_request("_OTHER", "PURGE-a@b.io", "https", "/u/jane@example.com", "cid-1", None)
+    span = start_request(f, "PURGE-a@b.io", "/u/jane@example.com", "cid-1", scheme="https")
     span.set_attribute("user.email", "jane@example.com")
     span.set_attribute("api_key", "abc123")
-    f.end_request(span, "/u/{email}", 500, "ValueError")
+    end_request(f, span, "/u/{email}", 500, "ValueError")
     got = span.redacted_attributes(redactor.redact_attributes)
     # The same keys in the same order, and the same values, as redacting everything.
     assert list(got.items()) == list(redactor.redact_attributes(span.attributes).items())
@@ -164,8 +166,8 @@ def test_redacted_attributes_redact_what_can_carry_pii_and_keep_devkits_own() ->
 def test_application_attributes_win_over_devkits_own_when_redacted_too() -> None:
 
     f, _ = factory()
-    span = f.start_request("GET", "GET", "http", "/x", "cid-1", None)
+    span = start_request(f, "GET", "/x", "cid-1")
     span.set_attribute("http.route", "/custom")
-    f.end_request(span, "/x", 200, None)
+    end_request(f, span, "/x", 200)
     got = span.redacted_attributes(Redactor().redact_attributes)
     assert got == span.attributes and got["http.route"] == "/custom"

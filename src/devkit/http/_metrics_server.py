@@ -12,10 +12,8 @@ import http.server
 import threading
 from typing import TYPE_CHECKING, Any
 
-from devkit.http._core import metrics_answer, probe_answer
-
 if TYPE_CHECKING:
-    from devkit.http._core import Instruments
+    from devkit.http._endpoints import Endpoints
 
 __all__ = ["MetricsServer"]
 
@@ -23,8 +21,8 @@ __all__ = ["MetricsServer"]
 class MetricsServer:
     """Serves ``metrics_path`` and ``health_path/{startup,ready,live}`` on ``port``."""
 
-    def __init__(self, instruments: Instruments, port: int, host: str = "0.0.0.0") -> None:
-        self._instruments = instruments
+    def __init__(self, endpoints: Endpoints, port: int, host: str = "0.0.0.0") -> None:
+        self._endpoints = endpoints
         self._server = http.server.ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
@@ -41,8 +39,7 @@ class MetricsServer:
         self._server.server_close()
 
     def _handler_class(self) -> type[http.server.BaseHTTPRequestHandler]:
-        inst = self._instruments
-        metrics_path = inst.settings.metrics_path
+        endpoints = self._endpoints
 
         class Handler(http.server.BaseHTTPRequestHandler):
             server_version = "devkit"
@@ -50,20 +47,12 @@ class MetricsServer:
 
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
-                if path == metrics_path:
-                    self._reply(*metrics_answer(inst, self.headers.get("Accept")))
-                elif path in inst.probes:
-                    self._reply(*probe_answer(inst, inst.probes[path]))
-                else:
-                    self._reply(404, "text/plain", b"not found\n")
-
-            def _reply(self, status: int, content_type: str, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
+                answer = endpoints.answer(path, self.headers.get("Accept"))
+                self.send_response(answer.status)
+                for name, value in answer.headers:
+                    self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(answer.body)
 
             def log_message(self, *args: Any) -> None:  # scrapes and probes are not logged
                 pass

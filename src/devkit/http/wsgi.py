@@ -19,13 +19,10 @@ from devkit.http._core import (
     CORRELATION_HEADER,
     EXCEPTION_KEY,
     ROUTE_KEY,
-    Answer,
-    Exchange,
-    Instruments,
-    environ_getter,
-    metrics_answer,
-    probe_answer,
+    Core,
+    Request,
 )
+from devkit.http._endpoints import Answer
 
 __all__ = ["WSGIMiddleware", "wsgi"]
 
@@ -42,52 +39,41 @@ class WSGIMiddleware:
     installed automatically around Flask apps by ``init()``; nested layers pass through.
     """
 
-    __slots__ = ("app", "_instruments")
+    __slots__ = ("app", "_core")
 
-    def __init__(self, app: WSGIApp, instruments: Instruments | None = None) -> None:
+    def __init__(self, app: WSGIApp, core: Core | None = None) -> None:
         self.app = app
-        self._instruments = instruments
+        self._core = core
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        inst = self._instruments or _current_instruments()
-        if inst is None or ACTIVE_KEY in environ:
+        core = self._core or _state.core()
+        if core is None or ACTIVE_KEY in environ:
             return self.app(environ, start_response)
         environ[ACTIVE_KEY] = True
         path: str = environ.get("PATH_INFO", "") or "/"
-        if path == inst.metrics_path:
-            return _send_answer(start_response, metrics_answer(inst, environ.get("HTTP_ACCEPT")))
-        if path.startswith(inst.health_prefix):
-            kind = inst.probes.get(path)
-            if kind is not None:
-                return _send_answer(start_response, probe_answer(inst, kind))
+        if path.startswith(core.endpoints.prefixes) and core.endpoints.owns(path):
+            answer = core.endpoints.answer(path, environ.get("HTTP_ACCEPT"))
+            return _send_answer(start_response, answer)
         ctx = contextvars.copy_context()
-        return ctx.run(self._call, ctx, inst, environ, start_response)
+        return ctx.run(self._call, ctx, core, environ, start_response)
 
     def _call(
         self,
         ctx: contextvars.Context,
-        inst: Instruments,
+        core: Core,
         environ: Environ,
         start_response: StartResponse,
     ) -> Iterable[bytes]:
-        inbound = environ.get("HTTP_X_CORRELATION_ID") or environ.get("HTTP_X_REQUEST_ID")
-        ex = inst.begin(
-            environ.get("REQUEST_METHOD", "GET"),
-            environ.get("wsgi.url_scheme", "http"),
-            path_of(environ),
-            environ.get("QUERY_STRING", ""),
-            inbound,
-            environ_getter(inst, environ),
-        )
-        cid_header = (CORRELATION_HEADER, ex.cid)
+        req = core.begin_environ(environ)
+        cid_header = (CORRELATION_HEADER, req.cid)
 
         def start_response_wrapper(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
         ) -> Callable[[bytes], object]:
             try:
-                ex.status = int(status[:3])
+                req.status = int(status[:3])
             except ValueError:
-                ex.status = 500
+                req.status = 500
             headers.append(cid_header)
             if exc_info is not None:
                 return start_response(status, headers, exc_info)
@@ -96,43 +82,39 @@ class WSGIMiddleware:
         try:
             body = self.app(environ, start_response_wrapper)
         except BaseException as exc:
-            inst.finish(ex, route_of(environ), ex.status, exc)
+            req.exc = exc
+            core.finish(req, _route_of(environ))
             raise
-        return _ClosingBody(body, ctx, inst, ex, environ)
+        return _ClosingBody(body, ctx, core, req, environ)
 
 
 _END = object()
 
 
-def route_of(environ: Environ) -> str | None:
+def _route_of(environ: Environ) -> str | None:
     """The route template the framework stored (Flask's integration does), if any."""
     route = environ.get(ROUTE_KEY)
     return None if route is None else str(route)
 
 
-def path_of(environ: Environ) -> str:
-    path = environ.get("PATH_INFO", "") or "/"
-    return str(path)
-
-
 class _ClosingBody:
     """Iterates the app's body in the request's context; ``close`` finishes the request."""
 
-    __slots__ = ("_body", "_iter", "_ctx", "_inst", "_ex", "_environ", "_done", "_error")
+    __slots__ = ("_body", "_iter", "_ctx", "_core", "_req", "_environ", "_done", "_error")
 
     def __init__(
         self,
         body: Iterable[bytes],
         ctx: contextvars.Context,
-        inst: Instruments,
-        ex: Exchange,
+        core: Core,
+        req: Request,
         environ: Environ,
     ) -> None:
         self._body = body
         self._iter: Iterator[bytes] | None = None
         self._ctx = ctx
-        self._inst = inst
-        self._ex = ex
+        self._core = core
+        self._req = req
         self._environ = environ
         self._done = False
         self._error: BaseException | None = None
@@ -166,13 +148,9 @@ class _ClosingBody:
             if close is not None:
                 close()
         finally:
-            ex = self._ex
-            self._inst.finish(
-                ex,
-                route_of(self._environ),
-                ex.status,
-                self._error or self._environ.get(EXCEPTION_KEY),
-            )
+            req = self._req
+            req.exc = self._error or self._environ.get(EXCEPTION_KEY)
+            self._core.finish(req, _route_of(self._environ))
 
     def __del__(self) -> None:
         # A server that never calls close() must not leak the in-progress gauge.
@@ -183,30 +161,9 @@ class _ClosingBody:
                 pass
 
 
-def _current_instruments() -> Instruments | None:
-    runtime = _state.current()
-    return runtime.instruments if runtime is not None else None
-
-
-_REASONS = {
-    200: "200 OK",
-    404: "404 Not Found",
-    500: "500 Internal Server Error",
-    503: "503 Service Unavailable",
-}
-
-
 def _send_answer(start_response: StartResponse, answer: Answer) -> Iterable[bytes]:
-    status, content_type, body = answer
-    start_response(
-        _REASONS.get(status, f"{status} Unknown"),
-        [
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
-            ("Cache-Control", "no-store"),
-        ],
-    )
-    return [body]
+    start_response(answer.status_line, answer.headers)
+    return [answer.body]
 
 
 def wsgi(app: WSGIApp) -> WSGIMiddleware:

@@ -12,15 +12,9 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from devkit import _errors, _state
-from devkit.http._core import (
-    ACTIVE_KEY,
-    CORRELATION_HEADER,
-    Answer,
-    environ_getter,
-    metrics_answer,
-    probe_answer,
-)
+from devkit import _compat, _errors, _state
+from devkit.http._core import ACTIVE_KEY, CORRELATION_HEADER
+from devkit.http._endpoints import Answer
 
 __all__ = ["PATCHES", "DevkitMiddleware"]
 
@@ -46,36 +40,27 @@ class DevkitMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: Any) -> Any:
-        runtime = _state.current()
-        inst = runtime.instruments if runtime is not None else None
+        core = _state.core()
         meta = request.META
-        if inst is None or ACTIVE_KEY in meta:
+        if core is None or ACTIVE_KEY in meta:
             return self.get_response(request)
         meta[ACTIVE_KEY] = True
+        # Django's own decoding of the path (UTF-8, under WSGI and ASGI alike).
         path = request.path_info or "/"
-        if path == inst.metrics_path:
-            return _response(metrics_answer(inst, meta.get("HTTP_ACCEPT")))
-        if path.startswith(inst.health_prefix):
-            kind = inst.probes.get(path)
-            if kind is not None:
-                return _response(probe_answer(inst, kind))
+        if path.startswith(core.endpoints.prefixes) and core.endpoints.owns(path):
+            return _response(core.endpoints.answer(path, meta.get("HTTP_ACCEPT")))
 
-        ex = inst.begin(
-            request.method or "GET",
-            request.scheme or "http",
-            path,
-            meta.get("QUERY_STRING", ""),
-            meta.get("HTTP_X_CORRELATION_ID") or meta.get("HTTP_X_REQUEST_ID"),
-            environ_getter(inst, meta),
-        )
+        req = core.begin_environ(meta, path=path, scheme=request.scheme)
         try:
             response = self.get_response(request)
         except BaseException as exc:
-            inst.finish(ex, _route(request), 500, exc)
+            req.status, req.exc = 500, exc
+            core.finish(req, _route(request))
             raise
-        response[CORRELATION_HEADER] = ex.cid
+        response[CORRELATION_HEADER] = req.cid
         _log_response_in_context(request, response)
-        inst.finish(ex, _route(request), response.status_code, getattr(request, _EXC_ATTR, None))
+        req.status, req.exc = response.status_code, getattr(request, _EXC_ATTR, None)
+        core.finish(req, _route(request))
         return response
 
     def process_exception(self, request: Any, exception: Exception) -> None:
@@ -90,7 +75,7 @@ def _log_response_in_context(request: Any, response: Any) -> None:
     when devkit has already detached the trace and correlation id; logging it here marks
     the response as logged, so Django does not log it again without context.
     """
-    if response.status_code < 400 or getattr(response, "_has_been_logged", False):
+    if response.status_code < 400 or _compat.django_response_logged(response):
         return
     try:
         from django.utils.log import log_response
@@ -105,8 +90,7 @@ def _log_response_in_context(request: Any, response: Any) -> None:
 def _response(answer: Answer) -> Any:
     from django.http import HttpResponse
 
-    status, content_type, body = answer
-    response = HttpResponse(body, status=status, content_type=content_type)
+    response = HttpResponse(answer.body, status=answer.status, content_type=answer.content_type)
     response["Cache-Control"] = "no-store"
     return response
 

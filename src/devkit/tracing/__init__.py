@@ -1,1 +1,5 @@
-"""Tracing: the tracer provider, tail sampling, span export and W3C context propagation."""
+"""Tracing: the tracer provider, tail sampling and W3C context propagation (public
+modules), and the server span, export queue, OTLP encoder and keep-alive transport that
+make them cheap (private modules)."""
+
+__all__: list[str] = []

@@ -20,16 +20,11 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from opentelemetry.context import (
-    _SUPPRESS_INSTRUMENTATION_KEY,
-    attach,
-    detach,
-    set_value,
-)
+from opentelemetry.context import attach, detach, set_value
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from devkit import _errors
+from devkit import _compat, _errors
 from devkit.config import ExportOptions
 
 __all__ = ["BatchExporter", "ExportSpan"]
@@ -51,8 +46,8 @@ class ExportSpan:
 
     devkit's OTLP encoder reads these fields directly: no SDK ``ReadableSpan`` to build
     and none of its per-read property calls, ``MappingProxyType`` and tuple copies
-    (together about a third of the export thread's work per span). Exporters that take
-    SDK spans get :meth:`to_readable`.
+    (docs/benchmarks.md#export-batches). Exporters that take SDK spans get
+    :meth:`to_readable`.
     """
 
     __slots__ = (
@@ -110,8 +105,9 @@ class ExportSpan:
 class BatchExporter:
     """Queues spans and exports them in batches from a daemon thread.
 
-    Batches are small (64 spans, not the SDK's 512): encoding a batch holds the GIL, and
-    a 512-span batch stalls a busy event loop long enough to show in the p99 latency.
+    Batches are small (``ExportOptions.max_batch_size``, not the SDK's 512): encoding a
+    batch holds the GIL, and a large batch stalls a busy event loop long enough to show
+    in the p99 latency (docs/benchmarks.md#export-batches).
     """
 
     def __init__(
@@ -199,7 +195,7 @@ class BatchExporter:
 
     def _export(self, batch: list[ReadableSpan]) -> None:
         prepared = [p for p in map(self._prepared, batch) if p is not None]
-        token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        token = attach(set_value(_compat.suppress_instrumentation_key(), True))
         try:
             # ExportSpans only reach an exporter that declared it takes them.
             result = self._exporter.export(prepared)  # type: ignore[arg-type]

@@ -2,9 +2,9 @@
 
 The OTLP/HTTP exporter posts through a ``requests`` session, which merges the
 environment into every request (proxy variables, ``.netrc``, CA bundle variables) and
-runs its adapter, hook and cookie machinery: about 0.6 ms of CPU per post on an idle
-machine and over 2 ms under load, on the export thread but under the GIL the request
-path needs. A collector reached over plain HTTP without a proxy needs none of it. This
+runs its adapter, hook and cookie machinery on every post, on the export thread but
+under the GIL the request path needs (docs/benchmarks.md#the-export-connection). A
+collector reached over plain HTTP without a proxy needs none of it. This
 transport keeps one connection open and posts each batch over it; everything above the
 transport stays the exporter's: endpoint, headers, compression, timeout, retries and
 backoff.
@@ -22,10 +22,16 @@ import http.client
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
-from opentelemetry.exporter.http.transport._base import BaseHTTPResult, BaseHTTPTransport
+from devkit import _compat
+
+if TYPE_CHECKING:
+    from opentelemetry.exporter.http.transport._base import BaseHTTPResult, BaseHTTPTransport
+else:  # the exporter's transport layer, reached through the one seam; without it
+    # (an older exporter) use_keep_alive never installs the classes below.
+    BaseHTTPTransport, BaseHTTPResult = _compat.http_transport_base() or (object, object)
 
 __all__ = ["KeepAliveTransport", "use_keep_alive"]
 
@@ -62,7 +68,7 @@ class KeepAliveTransport(BaseHTTPTransport):
         if parts.scheme != "http" or not parts.hostname or parts.username is not None:
             # Credentials in the URL are for requests to send as basic auth: not here.
             raise ValueError("not a plain-HTTP endpoint without credentials")
-        self._endpoint = endpoint
+        self._url = endpoint
         self._host = parts.hostname
         self._port = parts.port or 80
         self._target = parts.path or "/"
@@ -81,7 +87,7 @@ class KeepAliveTransport(BaseHTTPTransport):
         timeout: float | None = None,
         data: bytes | None = None,
     ) -> BaseHTTPResult:
-        if url != self._endpoint:
+        if url != self._url:
             return self._fallback.request(method, url, headers=headers, timeout=timeout, data=data)
         try:
             conn = self._connection(timeout)
@@ -131,22 +137,18 @@ def use_keep_alive(exporter: Any) -> bool:
     Returns whether it did: only when the change is invisible apart from the cost (see
     the module docstring). Anything unexpected in the exporter leaves it as it was.
     """
-    client = getattr(exporter, "_client", None)
-    if client is None:
+    parts = _compat.otlp_client_transport(exporter)
+    if parts is None or _compat.http_transport_base() is None:
         return False
-    endpoint = getattr(client, "_endpoint", None)
-    transport = getattr(client, "_transport", None)
-    if not isinstance(endpoint, str) or not endpoint.startswith("http://"):
+    endpoint, transport = parts
+    if not endpoint.startswith("http://"):
         return False
     try:
         import requests
         import requests.utils
-        from opentelemetry.exporter.http.transport._requests import RequestsHTTPTransport
     except ImportError:
         return False
-    if type(transport) is not RequestsHTTPTransport:
-        return False
-    session = getattr(transport, "_session", None)
+    session = _compat.requests_session(transport)
     if type(session) is not requests.Session or session.auth is not None or session.proxies:
         return False
     if session.trust_env and (
@@ -155,7 +157,7 @@ def use_keep_alive(exporter: Any) -> bool:
     ):
         return False
     try:
-        client._transport = KeepAliveTransport(endpoint, fallback=transport)
+        _compat.replace_otlp_transport(exporter, KeepAliveTransport(endpoint, fallback=transport))
     except ValueError:
         return False
     return True

@@ -1,10 +1,10 @@
 """OTLP/protobuf encoding of spans without building protobuf objects.
 
 The OpenTelemetry exporter builds a protobuf message object per span, attribute and
-value before serialising (about 35 µs per span here), on the export thread but under
-the GIL the request path needs. :func:`encode_spans` writes the same wire format
-directly (a few µs per span) and caches what repeats: the resource and scope messages
-and attribute key/value pairs such as ``http.request.method=GET``.
+value before serialising, on the export thread but under the GIL the request path needs.
+:func:`encode_spans` writes the same wire format directly, several times faster
+(docs/benchmarks.md#otlp-encoding), and caches what repeats: the resource and scope
+messages and attribute key/value pairs such as ``http.request.method=GET``.
 
 :class:`FastOTLPExporter` wraps the OTLP/HTTP span exporter: it encodes with
 :func:`encode_spans` and sends through the exporter's own HTTP client, so endpoint,
@@ -16,13 +16,14 @@ value the encoder does not know, it hands the batch to the wrapped exporter unch
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
+from devkit import _compat
 from devkit.tracing._export import ExportSpan
 
 __all__ = ["FastOTLPExporter", "encode_spans"]
@@ -284,8 +285,8 @@ class FastOTLPExporter(SpanExporter):
     def __init__(self, exporter: SpanExporter) -> None:
         self.exporter = exporter
         self._encoder = _Encoder()
-        self._send = _http_sender(exporter)
-        self._max_size: int | None = getattr(exporter, "_max_request_size", None)
+        self._send = _compat.otlp_sender(exporter)
+        self._max_size = _compat.otlp_max_request_size(exporter)
         #: Batches sent through the fast path / handed to the wrapped exporter.
         self.fast_batches = 0
         self.fallback_batches = 0
@@ -297,7 +298,7 @@ class FastOTLPExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         send = self._send
-        if send is None or getattr(self.exporter, "_shutdown", False):
+        if send is None or _compat.otlp_is_shut_down(self.exporter):
             return self._fallback(spans)
         try:
             data = self._encoder.request(spans)
@@ -318,22 +319,3 @@ class FastOTLPExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return self.exporter.force_flush(timeout_millis)
-
-
-def _http_sender(exporter: SpanExporter) -> Callable[[bytes], bool] | None:
-    """``data -> success`` through the OTLP/HTTP exporter's client, when it has one."""
-    try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    except ImportError:
-        return None
-    if type(exporter) is not OTLPSpanExporter:
-        return None
-    client = getattr(exporter, "_client", None)
-    export = getattr(client, "export", None)
-    if not callable(export):
-        return None
-
-    def send(data: bytes) -> bool:
-        return bool(getattr(export(data), "success", False))
-
-    return send

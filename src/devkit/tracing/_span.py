@@ -1,11 +1,11 @@
 """A lean recording span for the per-request SERVER span.
 
-The OpenTelemetry SDK span costs about 170,000 CPU instructions to start, annotate and
-end (bounded attributes, locks, span limits, self-metrics, processor fan-out) — more than
-everything else devkit does per request together. Nine requests in ten are successful,
-fast and then sampled out, so devkit records the server span in a plain object and builds
-the SDK's ``ReadableSpan`` only for the traces the tail sampler keeps, on the export
-thread.
+The OpenTelemetry SDK span costs more to start, annotate and end (bounded attributes,
+locks, span limits, processor fan-out) than everything else devkit does per request
+together (docs/benchmarks.md#the-server-span). Most requests are successful, fast and
+then sampled out, so devkit records the server span in a plain object that reads its
+attributes off the request record, and builds the SDK's ``ReadableSpan`` only for the
+traces the tail sampler keeps, on the export thread.
 
 :class:`ServerSpan` implements the OpenTelemetry ``Span`` API, so everything that reads
 the current span works unchanged: child spans from any tracer take it as parent, log
@@ -18,7 +18,7 @@ import random
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
@@ -35,15 +35,16 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import Attributes, AttributeValue
 
-from devkit import _errors
+from devkit import _compat, _errors
 from devkit._version import __version__
+from devkit.config import UNMATCHED_ROUTE
 from devkit.tracing._export import ExportSpan
-from devkit.tracing.sampling import ratio_bound
+from devkit.tracing.sampling import UNSET_STATUS, ratio_bound
 
-__all__ = ["ServerSpan", "ServerSpanFactory"]
+__all__ = ["RequestFields", "ServerSpan", "ServerSpanFactory"]
 
 _TRACE_ID_LIMIT = (1 << 64) - 1
-_UNSET = Status(StatusCode.UNSET)
+_UNSET = UNSET_STATUS
 _ERROR = Status(StatusCode.ERROR)
 _EMPTY_STATE = TraceState()
 _FLAGS = tuple(TraceFlags(flags) for flags in range(4))
@@ -53,43 +54,28 @@ _getrandbits = random.getrandbits
 _time_ns = time.time_ns
 
 
-def _checked_context(
-    trace_id: int, span_id: int, flags: TraceFlags, state: TraceState
-) -> SpanContext:
-    return SpanContext(trace_id, span_id, False, flags, state)
-
-
-def _tuple_context(
-    trace_id: int, span_id: int, flags: TraceFlags, state: TraceState
-) -> SpanContext:
-    # SpanContext is a tuple; its constructor only re-validates ids devkit drew itself.
-    return tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state, True))
-
-
-def _pick_span_context() -> Callable[[int, int, TraceFlags, TraceState], SpanContext]:
-    """The tuple shortcut when it builds exactly what the constructor builds, else the latter."""
-    try:
-        probe = _tuple_context(5, 7, _FLAGS[3], _EMPTY_STATE)
-        same = probe == _checked_context(5, 7, _FLAGS[3], _EMPTY_STATE) and (
-            probe.trace_id,
-            probe.span_id,
-            probe.is_remote,
-            probe.trace_flags,
-            probe.trace_state,
-            probe.is_valid,
-        ) == (5, 7, False, 3, _EMPTY_STATE, True)
-    except Exception:
-        same = False
-    return _tuple_context if same else _checked_context
-
-
-_span_context = _pick_span_context()
 _RANDOM = _FLAGS[TraceFlags.RANDOM_TRACE_ID]
 _RANDOM_SAMPLED = _FLAGS[TraceFlags.RANDOM_TRACE_ID | TraceFlags.SAMPLED]
 
 
-def _ended_unknown(on_end: Callable[[Any], None]) -> Callable[[Any, bool], bool]:
-    def on_root_end(span: Any, error: bool) -> bool:
+class RequestFields(Protocol):
+    """What the server span reads of ``devkit.http``'s request record (and the ids it
+    writes there). The response fields are read once the request finished."""
+
+    method_label: str
+    method: str
+    scheme: str
+    path: str
+    cid: str
+    trace_id: int
+    span_id: int
+    route: str
+    status: int
+    error_type: str | None
+
+
+def _ended_unknown(on_end: Callable[[Any], None]) -> Callable[..., bool]:
+    def on_root_end(span: Any, error: bool, *_: object) -> bool:
         on_end(span)
         return False
 
@@ -107,26 +93,25 @@ def _valid_value(value: object) -> bool:
 class ServerSpan(Span):
     """A recording span with the fields ``ReadableSpan`` exposes (duck-typed for the sampler).
 
-    The request's own attributes are kept as two tuples (set at start and at the end of
-    the response) and become a dict only when read, which is at export, for kept traces.
+    A request's span keeps a reference to the request record and reads its attributes
+    from it only when they are read, which is at export, for kept traces.
     """
 
     __slots__ = (
         "name",
         "context",
-        "trace_id",
-        "span_id",
         "parent",
         "status",
         "start_time",
         "end_time",
         "_factory",
         "_request",
-        "_response",
+        "_finished",
         "_extra",
         "_events",
         "_links",
         "kept",
+        "sampled",
     )
 
     kind = SpanKind.SERVER
@@ -137,21 +122,17 @@ class ServerSpan(Span):
         name: str,
         context: SpanContext,
         parent: SpanContext | None,
-        attributes: dict[str, Any] | None,
         start_time: int,
-        request: tuple[str, str | None, str, str, str] | None = None,
-        trace_id: int = 0,
-        span_id: int = 0,
+        request: RequestFields | None = None,
+        attributes: dict[str, Any] | None = None,
     ) -> None:
         self._factory = factory
         self.name = name
         self.context = context
-        #: The context's ids as plain attributes: read per request without property calls.
-        self.trace_id = trace_id or context.trace_id
-        self.span_id = span_id or context.span_id
         self.parent = parent
         self._request = request
-        self._response: tuple[int, str | None, str | None] | None = None
+        #: Whether the request finished (its response fields are final).
+        self._finished = False
         self._extra = attributes
         self._events: list[Event] | None = None
         self._links: list[Link] | None = None
@@ -160,6 +141,8 @@ class ServerSpan(Span):
         self.end_time: int | None = None
         #: The tail sampler's decision once the span ended as a local root.
         self.kept: bool | None = None
+        #: The head decision (request spans: set by ``start_request``).
+        self.sampled: bool
 
     # -- what ReadableSpan exposes ----------------------------------------------------------
 
@@ -188,7 +171,9 @@ class ServerSpan(Span):
         extra = self._extra
         request = self._request
         if request is not None:
-            method, original, scheme, path, cid = request
+            method = request.method_label
+            original = request.method[:64] if method == "_OTHER" else None
+            scheme, path, cid = request.scheme, request.path, request.cid
             if redact is not None:
                 untrusted: dict[str, Any] = {"url.path": path, "correlation.id": cid}
                 if original is not None:
@@ -205,14 +190,12 @@ class ServerSpan(Span):
             out["url.scheme"] = scheme
             out["url.path"] = path
             out["correlation.id"] = cid
-        response = self._response
-        if response is not None:
-            status, route, error_type = response
-            out["http.response.status_code"] = status
-            if route is not None:
-                out["http.route"] = route
-            if error_type is not None:
-                out["error.type"] = error_type
+        if request is not None and self._finished:
+            out["http.response.status_code"] = request.status
+            if request.route != UNMATCHED_ROUTE:
+                out["http.route"] = request.route
+            if request.error_type is not None:
+                out["error.type"] = request.error_type
         if extra:
             out.update(extra)
         return out
@@ -322,13 +305,15 @@ class ServerSpanFactory:
         ratio: float,
         resource: Callable[[], Resource],
         on_end: Callable[[Any], None],
-        on_root_end: Callable[[Any, bool], bool] | None = None,
+        on_root_end: Callable[..., bool] | None = None,
     ) -> None:
         self._bound = ratio_bound(ratio)
+        self._new_context = _compat.span_context_factory()
         self._resource = resource
         self.scope = InstrumentationScope("devkit", __version__)
         self.on_end = on_end
-        #: Called with (span, error) when a request's span ends; returns "kept".
+        #: Called with (span, error, trace id, sampled) when a request's span ends;
+        #: returns "kept".
         self.on_root_end = on_root_end or _ended_unknown(on_end)
 
     @property
@@ -349,61 +334,47 @@ class ServerSpanFactory:
             name,
             self._context(parent),
             parent if parent is not None and parent.is_valid else None,
-            attributes,
             start_time if start_time is not None else _time_ns(),
+            None,
+            attributes,
         )
 
-    def start_request(
-        self,
-        method_label: str,
-        method: str,
-        scheme: str,
-        path: str,
-        correlation_id: str,
-        parent: SpanContext | None,
-    ) -> ServerSpan:
-        """The request's server span; its attributes stay a tuple until export."""
-        original = method[:64] if method_label == "_OTHER" else None
+    def start_request(self, request: RequestFields, parent: SpanContext | None) -> ServerSpan:
+        """The request's server span; writes the trace's ids into ``request``."""
         if parent is None:
             # A new trace (the common case), as _context(None) without the call.
             trace_id = _getrandbits(128) or 1
             span_id = _getrandbits(64) or 1
-            flags = _RANDOM_SAMPLED if trace_id & _TRACE_ID_LIMIT < self._bound else _RANDOM
-            context = _span_context(trace_id, span_id, flags, _EMPTY_STATE)
+            sampled = trace_id & _TRACE_ID_LIMIT < self._bound
+            flags = _RANDOM_SAMPLED if sampled else _RANDOM
+            context = self._new_context(trace_id, span_id, flags, _EMPTY_STATE)
         else:
             context = self._context(parent)
-            trace_id = span_id = 0  # read from the context
+            trace_id, span_id = context.trace_id, context.span_id
+            sampled = bool(context.trace_flags & TraceFlags.SAMPLED)
             if not parent.is_valid:
                 parent = None
-        return ServerSpan(
-            self,
-            method_label,
-            context,
-            parent,
-            None,
-            _time_ns(),
-            (method_label, original, scheme, path, correlation_id),
-            trace_id,
-            span_id,
-        )
+        request.trace_id = trace_id
+        request.span_id = span_id
+        span = ServerSpan(self, request.method_label, context, parent, _time_ns(), request)
+        span.sampled = sampled
+        return span
 
-    def end_request(
-        self,
-        span: ServerSpan,
-        route: str | None,
-        status_code: int,
-        error_type: str | None,
-        end_time: int | None = None,
-    ) -> bool:
-        """Name, annotate and end the request's span; True when its trace is kept."""
+    def end_request(self, span: ServerSpan, end_time: int | None = None) -> bool:
+        """Name and end the request's span once its record has the response's fields
+        (route, status, error type); True when its trace is kept."""
         if span.end_time is not None:
             return bool(span.kept)
-        span.name = f"{span.name} {route}" if route is not None else f"{span.name} <unmatched>"
-        span._response = (status_code, route, error_type)
-        if error_type is not None and span.status.status_code is not StatusCode.OK:
+        request = span._request
+        assert request is not None, "end_request is for spans start_request began"
+        span.name = f"{span.name} {request.route}"
+        span._finished = True
+        if request.error_type is not None and span.status.status_code is not StatusCode.OK:
             span.status = _ERROR
         span.end_time = end_time if end_time is not None else _time_ns()
-        return self.on_root_end(span, error_type is not None)
+        return self.on_root_end(
+            span, request.error_type is not None, request.trace_id, span.sampled
+        )
 
     def _context(self, parent: SpanContext | None) -> SpanContext:
         if parent is not None and parent.is_valid:
@@ -420,4 +391,4 @@ class ServerSpanFactory:
             if trace_id & _TRACE_ID_LIMIT < self._bound:
                 flags |= TraceFlags.SAMPLED
             state = _EMPTY_STATE
-        return _span_context(trace_id, _getrandbits(64) or 1, _FLAGS[flags], state)
+        return self._new_context(trace_id, _getrandbits(64) or 1, _FLAGS[flags], state)

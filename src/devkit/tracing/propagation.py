@@ -1,8 +1,9 @@
 """W3C Trace Context (Level 1 and 2) and W3C Baggage, parsed strictly and cheaply.
 
 This runs on every inbound request, so the common case (one valid ``traceparent``, no
-``tracestate``) is one precompiled ``fullmatch`` (measured cheaper than the equivalent
-``str`` checks), three ``int()`` calls and the ``SpanContext``: no logging, no exception,
+``tracestate``) is one precompiled ``fullmatch`` (cheaper than the equivalent ``str``
+checks, docs/benchmarks.md#trace-context-parsing), three ``int()`` calls and the
+``SpanContext``: no logging, no exception,
 no work on headers that are absent. Nothing here raises on hostile input and nothing
 here logs: a malformed header simply yields "no parent" (a new trace starts),
 an empty ``TraceState`` or fewer baggage entries. Anything unexpected (a getter that
@@ -108,8 +109,8 @@ _FLAGS = tuple(TraceFlags(bits) for bits in range(_KNOWN_FLAGS + 1))
 _EMPTY_TRACE_STATE = TraceState()
 _NO_VALUES: tuple[str, ...] = ()
 
-# §3.2.2: version "-" trace-id "-" parent-id "-" trace-flags, HEXDIGLC only. One compiled
-# fullmatch is cheaper here than the equivalent str.strip()/count() checks (measured).
+# §3.2.2: version "-" trace-id "-" parent-id "-" trace-flags, HEXDIGLC only, in one
+# compiled fullmatch (see the module docstring).
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})").fullmatch
 
 # Trace Context Level 1 §3.3.1.3.1 (key) and §3.3.1.3.2 (value), which is also exactly what
@@ -239,8 +240,9 @@ def format_tracestate(trace_state: TraceState) -> str:
 def _percent_decode(value: str) -> str | None:
     """RFC 3986 §2.1 decoding of an ASCII value; None for a "%" without two hex digits.
 
-    Octets that are not UTF-8 become U+FFFD (Baggage §3.3.1.3). Hand-rolled: a third of
-    the cost of ``urllib.parse.unquote`` and stricter.
+    Octets that are not UTF-8 become U+FFFD (Baggage §3.3.1.3). Hand-rolled: cheaper
+    than ``urllib.parse.unquote`` (docs/benchmarks.md#trace-context-parsing) and
+    stricter.
     """
     parts = value.split("%")
     octets = bytearray(parts[0], "ascii")

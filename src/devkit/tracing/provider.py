@@ -21,14 +21,23 @@ from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import Link, NoOpTracerProvider, Span, SpanKind, Tracer
 from opentelemetry.util.types import Attributes
 
-from devkit import _errors
+from devkit import _compat, _errors
 from devkit.config import SERVER_INSTRUMENTORS, Settings
 from devkit.exceptions import ConfigError
 from devkit.tracing._export import BatchExporter
 from devkit.tracing._span import ServerSpanFactory
 from devkit.tracing.sampling import ErrorBiasedSampler, SamplingLimits, TailSamplingProcessor
 
-__all__ = ["ProxyTracerProvider", "Tracing", "build_tracing", "proxy_provider"]
+__all__ = [
+    "ProxyTracerProvider",
+    "Tracing",
+    "build_exporter",
+    "build_resource",
+    "build_tracing",
+    "install_instrumentors",
+    "install_propagator",
+    "proxy_provider",
+]
 
 Count = Callable[[str, int], None]
 
@@ -123,8 +132,7 @@ def proxy_provider() -> ProxyTracerProvider:
     with _proxy_lock:
         if _proxy is None:
             _proxy = ProxyTracerProvider()
-            current = trace._TRACER_PROVIDER
-            if current is None:
+            if not _compat.global_tracer_provider_set():
                 trace.set_tracer_provider(_proxy)
             else:
                 _errors.report(

@@ -5,8 +5,8 @@ downstream services see in ``traceparent``) for traces that the trace-id ratio r
 sampled parent keep, exactly as OpenTelemetry's ``ParentBased(TraceIdRatioBased)`` would,
 so a fleet agrees on its successful traces. :class:`TailSamplingProcessor` buffers the
 spans of each trace until its local root ends, then keeps the trace if any span failed,
-the root was slow, or the sampled flag is set; the rest is dropped unencoded, which is
-why devkit exports ~10% of the spans the OpenTelemetry SDK would.
+the root was slow, or the sampled flag is set; the rest is dropped unencoded
+(docs/benchmarks.md#tail-sampling says what that saves).
 
 Spans that end *after* their root was decided follow the recorded decision (a bounded
 LRU of recent decisions), so a kept trace never loses a late child and a dropped trace
@@ -25,18 +25,31 @@ from dataclasses import dataclass, field
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import Link, SpanKind, StatusCode, TraceFlags, get_current_span
+from opentelemetry.trace import (
+    Link,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    get_current_span,
+)
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
 __all__ = [
+    "UNSET_STATUS",
     "ErrorBiasedSampler",
     "SamplingLimits",
     "TailSamplingProcessor",
+    "ratio_bound",
     "ratio_keeps",
 ]
 
 _TRACE_ID_LIMIT = (1 << 64) - 1
+_SAMPLED = TraceFlags.SAMPLED
+#: The status devkit's server span starts with: while a span still has it, one identity
+#: test tells that nobody set a status, without reading ``status_code``.
+UNSET_STATUS = Status(StatusCode.UNSET)
 # Decisions counted per flush to the metric (a scrape and a flush count the rest).
 _COUNT_BATCH = 64
 
@@ -225,28 +238,38 @@ class TailSamplingProcessor(SpanProcessor):
                             to_export = (to_export or []) + pending.spans
         self._export_outside_lock(to_export)
 
-    def on_root_end(self, span: ReadableSpan, error: bool) -> bool:
+    def on_root_end(
+        self,
+        span: ReadableSpan,
+        error: bool,
+        trace_id: int | None = None,
+        sampled: bool | None = None,
+    ) -> bool:
         """The request's server span ended (a local root): decide its trace now.
 
         The common case — no other span of the trace seen — takes no buffer entry and
         looks nothing else up. ``error`` is the middleware's verdict (5xx or an unhandled
-        exception). Returns whether the trace is kept (exemplars link only to kept traces).
+        exception). The server span factory passes the trace id and the sampled flag it
+        knows, which spares reading them from the span context. Returns whether the
+        trace is kept (exemplars link only to kept traces).
         """
-        ctx = span.context
-        if ctx is None:
-            return False
+        if trace_id is None:
+            ctx = span.context
+            if ctx is None:
+                return False
+            trace_id = ctx.trace_id
         if self._collector_mode:
             self._export((span,))
             return False
-        trace_id = ctx.trace_id
         if not error:
-            error = span.status.status_code is StatusCode.ERROR
+            status = span.status
+            error = status is not UNSET_STATUS and status.status_code is StatusCode.ERROR
         to_export: Sequence[ReadableSpan] | None = None
         with self._lock:
             if self._pending or trace_id in self._decided or trace_id in self._watched:
                 keep, to_export = self._root_end_locked(span, trace_id, error)
             else:  # the common case: nothing else of this trace to look up or expire
-                keep = self._decide_root(span, error)
+                keep = self._decide_root(span, error, sampled)
                 if keep:
                     to_export = (span,)
             span.kept = keep  # type: ignore[attr-defined]  # for children started later
@@ -320,14 +343,17 @@ class TailSamplingProcessor(SpanProcessor):
         """The decision for ``trace_id``: True kept, False dropped, None not decided yet."""
         return self._decided.get(trace_id)
 
-    def _decide_root(self, root: ReadableSpan, error: bool) -> bool:
+    def _decide_root(self, root: ReadableSpan, error: bool, sampled: bool | None = None) -> bool:
         if error:
             decision = "kept_error"
         else:
             start, end = root.start_time, root.end_time
+            if sampled is None:
+                ctx = root.context
+                sampled = ctx is not None and bool(ctx.trace_flags & _SAMPLED)
             if start is not None and end is not None and end - start >= self._slow_ns:
                 decision = "kept_slow"
-            elif root.context is not None and root.context.trace_flags & TraceFlags.SAMPLED:
+            elif sampled:
                 decision = "kept_sampled"
             else:
                 decision = "dropped"
