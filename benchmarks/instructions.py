@@ -10,7 +10,7 @@ is called in-process twice, in two fresh interpreters under callgrind, with a sm
 a large number of requests; the difference divided by the difference in requests is the
 cost of one request, free of start-up, imports and warm-up. ``--cache`` adds callgrind's
 cache simulation: first-level instruction and data misses per request, which is where
-devkit's time goes at server level (see docs/benchmarks.md).
+devkit's time goes at server level (see docs/benchmarks.md#where-the-time-goes).
 
 What the child pins so that two runs differ by the requests only: ``PYTHONHASHSEED=0``;
 ``DEVKIT_SAMPLE_SUCCESS_RATIO=0`` (with 10 % of traces kept, whether a 64-span export
@@ -51,7 +51,6 @@ from pathlib import Path
 
 from benchmarks import drivers, runner, server, server_app, variants
 from benchmarks._worker import _FACTORIES
-from benchmarks.receiver import Receiver
 from benchmarks.suites import SUITES
 
 __all__ = ["per_request", "summary_counts", "totals_counts"]
@@ -103,7 +102,7 @@ def per_request(
 def _child(suite: str, variant: str, requests: int, off: list[str]) -> None:
     """Build the variant's app as the timing worker does, warm it up, collect, then serve
     ``requests`` requests."""
-    receiver = Receiver().start()
+    receiver = runner.start_receiver()
     ctx = variants.Context(otlp_endpoint=receiver.endpoint, sink=open(os.devnull, "wb"))  # noqa: SIM115
     asgi = SUITES[suite].kind == "asgi"
     app = (variants.ASGI_VARIANTS if asgi else variants.WSGI_VARIANTS)[variant](
@@ -158,7 +157,7 @@ def _server_counts(args: argparse.Namespace) -> tuple[dict[str, float], int]:
     if args.off:
         env[server_app.OFF_ENV] = ",".join(args.off)
     load = server.LoadSettings(connections=1, threads=1)
-    receiver = Receiver().start()
+    receiver = runner.start_receiver()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "server.out")
         prefix = [

@@ -1,7 +1,7 @@
 """Server level, paired: one live server per variant, short wrk bursts alternated between them.
 
-``python -m benchmarks.paired [--variant devkit] [--without PART] [--bursts 20] [--burst-s 2]
-[--env K=V] [--uvicorn h11|standard]``
+``python -m benchmarks.paired [--variant devkit] [--without PART] [--against REV]
+[--bursts 20] [--burst-s 2] [--env K=V] [--uvicorn h11|standard]``
 
 The server suite starts a fresh server for each 8 s round; on a shared machine whose
 speed drifts within seconds, five such rounds resolve devkit's ``x bare`` to about
@@ -22,6 +22,10 @@ bursts x variants x burst length, plus start-up.
 part switched off, paired like the rest: what each part costs at server level, where
 the in-process figures understate it.
 
+``--against REV`` adds a devkit server running devkit's source at git revision ``REV``
+(exported to a temporary directory, first on its ``PYTHONPATH``; the harness and the app
+stay this checkout's): a change's before and after, paired in one run.
+
 ``--uvicorn standard`` serves every variant with httptools and uvloop (what
 ``uvicorn[standard]`` installs) instead of the pinned h11 + asyncio: the bare app is then
 several times faster per request, and the same devkit cost a larger share of it.
@@ -30,18 +34,23 @@ several times faster per request, and the same devkit cost a larger share of it.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import random
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks import runner, server, server_app, variants
-from benchmarks.receiver import Receiver
 
 __all__ = ["Burst", "bootstrap_median_interval", "main", "paired_summary"]
 
@@ -134,16 +143,19 @@ def run(
     seed: int = 0,
     without: Sequence[str] = (),
     stack: str = "h11",
+    against: str | None = None,
 ) -> dict[str, Any]:
-    """Start ``bare``, each variant and a devkit server per part in ``without`` (that part
-    switched off), all on uvicorn's ``stack``, alternate the bursts, summarise the pairs."""
+    """Start ``bare``, each variant, a devkit server per part in ``without`` (that part
+    switched off) and one of devkit at revision ``against``, all on uvicorn's ``stack``,
+    alternate the bursts, summarise the pairs."""
     reason = server.unavailable_reason() or server.stack_unavailable(stack)
     if reason is not None:
         raise RuntimeError(reason)
     started = time.monotonic()
-    receiver = Receiver().start()
+    receiver = runner.start_receiver()
     env = {**runner.server_env(), **extra_env}
     lives: list[_Live] = []
+    source = contextlib.ExitStack()
     try:
         for variant in ("bare", *variants):
             started_server = server.LiveServer(
@@ -156,6 +168,13 @@ def run(
                 "devkit", receiver.endpoint, off_env, runner.ROOT, stack=stack
             )
             lives.append(_Live(f"devkit without {part}", started_server))
+        if against is not None:
+            old = source.enter_context(_devkit_source(against))
+            old_env = {**env, "PYTHONPATH": os.pathsep.join([str(old), env["PYTHONPATH"]])}
+            started_server = server.LiveServer(
+                "devkit", receiver.endpoint, old_env, runner.ROOT, stack=stack
+            )
+            lives.append(_Live(f"devkit at {against}", started_server))
         for live in lives:
             live.server.wait_ready()
             live.server.load(load.warmup_s, load)
@@ -166,9 +185,21 @@ def run(
         for live in lives:
             live.exit_status, _ = live.server.stop()
         receiver.stop()
+        source.close()
     rng = random.Random(seed)
     bare = lives[0]
+    by_label = {live.label: live for live in lives}
+    change = None
+    if against is not None and "devkit" in by_label:
+        # The change itself: this checkout's devkit over the revision's, burst by burst.
+        change = {
+            "against": against,
+            "paired": paired_summary(
+                by_label["devkit"].bursts, by_label[f"devkit at {against}"].bursts, rng
+            ),
+        }
     return {
+        "change": change,
         "bursts": bursts,
         "burst_s": burst_s,
         "load": f"wrk -t{load.threads} -c{load.connections} -d{burst_s}s per burst, "
@@ -193,6 +224,26 @@ def run(
             for live in lives
         },
     }
+
+
+@contextlib.contextmanager
+def _devkit_source(revision: str) -> Iterator[Path]:
+    """``src/`` of this repository at ``revision``, exported to a temporary directory."""
+    try:
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", revision, "src"],
+            cwd=runner.ROOT,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        raise RuntimeError(f"--against {revision}: {detail.decode(errors='replace')}") from exc
+    with tempfile.TemporaryDirectory(prefix="devkit-against-") as tmp:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        yield Path(tmp, "src")
 
 
 def _thread_split(bursts: Sequence[Burst]) -> dict[str, float]:
@@ -243,6 +294,16 @@ def render(result: dict[str, Any]) -> str:
             + " | ".join(threads + cells)
             + " |"
         )
+    change = result.get("change")
+    if change:
+        rps, cpu = change["paired"]["requests_per_s"], change["paired"]["cpu"]
+        lines += [
+            "",
+            f"devkit over devkit at {change['against']}, burst by burst: req/s "
+            f"{rps['median']:.3f} (95 % {rps['interval_95'][0]:.3f}-{rps['interval_95'][1]:.3f}), "
+            f"CPU {cpu['median']:.3f} (95 % {cpu['interval_95'][0]:.3f}-"
+            f"{cpu['interval_95'][1]:.3f}); above 1 is faster than the revision",
+        ]
     return "\n".join(lines)
 
 
@@ -255,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         choices=variants.DEVKIT_PARTS,
         help="also a devkit server with this part switched off (repeatable)",
+    )
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="also a devkit server running devkit's source at this git revision",
     )
     parser.add_argument("--bursts", type=int, default=20, help="bursts per variant (20)")
     parser.add_argument("--burst-s", type=int, default=2, help="seconds per burst (2)")
@@ -286,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
             server.LoadSettings(),
             without=args.without,
             stack=args.uvicorn,
+            against=args.against,
         )
     except RuntimeError as exc:
         print(f"paired run failed: {exc}", file=sys.stderr)

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import server
-from benchmarks.receiver import Receiver, Traffic
 from benchmarks.suites import SUITES, Suite
 from benchmarks.variants import OPTIONAL
+from devkit.testing import OTLPReceiver, Reply, Traffic
 
-__all__ = ["Plan", "RunResult", "VariantRun", "run", "server_env", "worker_env"]
+__all__ = ["Plan", "RunResult", "VariantRun", "run", "server_env", "start_receiver", "worker_env"]
 
 ROOT = Path(__file__).resolve().parent.parent
 # Prefixes of variables that would change what a worker measures; workers never inherit them.
@@ -40,6 +40,10 @@ _WORKER_ENV = {"OTEL_BSP_MAX_QUEUE_SIZE": str(1 << 20)}
 # devkit's default, stated so the server suite measures what the issue's target assumes.
 _SERVER_ENV = {"DEVKIT_SAMPLE_SUCCESS_RATIO": "0.1"}
 _WORKER_TIMEOUT_S = 600
+# The Datadog agent answers trace payloads with its sampling rates; ddtrace treats an
+# empty answer as a failed send and drops the traces.
+_DATADOG_REPLY = Reply(body=b'{"rate_by_service":{}}', content_type="application/json")
+_DATADOG_TRACES = ("/v0.4/traces", "/v0.5/traces")
 
 
 @dataclass(frozen=True)
@@ -102,13 +106,25 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+def start_receiver() -> OTLPReceiver:
+    """The local sink the variants export to, started.
+
+    Exporting is part of what tracing costs (serialisation and the export thread compete
+    with requests for the GIL), so the variants send to this receiver instead of to
+    nowhere. It only records bodies while a worker is timed; :meth:`OTLPReceiver.take`
+    decodes them to count spans after the worker exits, off the clock. Vendor agents'
+    trace paths get their agent's answer.
+    """
+    return OTLPReceiver(replies=dict.fromkeys(_DATADOG_TRACES, _DATADOG_REPLY)).start()
+
+
 def server_env() -> dict[str, str]:
     """A server's environment: a worker's, with devkit's default sampling stated."""
     return {**worker_env(), **_SERVER_ENV}
 
 
 def _run_worker(
-    suite: Suite, variant: str, plan: Plan, receiver: Receiver
+    suite: Suite, variant: str, plan: Plan, receiver: OTLPReceiver
 ) -> tuple[dict[str, Any], str]:
     n, warmup = plan.size(suite)
     fd, out = tempfile.mkstemp(prefix="devkit-bench-", suffix=".json")
@@ -183,7 +199,7 @@ def run(plan: Plan, progress: Callable[[str], None] = _note) -> RunResult:
                 vrun.status, vrun.reason = "unavailable", f"{module} is not installed"
     _report_unavailable(variants, unavailable, progress)
     rng = random.Random(plan.seed)
-    receiver = Receiver().start()
+    receiver = start_receiver()
     try:
         for r in range(plan.total_rounds):
             for suite_name, variant in _schedule(plan, rng, r):

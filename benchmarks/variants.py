@@ -250,11 +250,11 @@ def _flush_devkit(runtime: Any) -> None:
     changes, fail loudly: a flush that silently does nothing would leave devkit's export
     cost outside the timed region.
     """
-    instruments = getattr(runtime, "instruments", None)
-    if instruments is not None:
-        # Requests whose books wait for the end of a loop iteration are done now: inside
-        # the timed flush, never outside the measurement.
-        instruments.flush_pending()
+    from devkit import _setup
+
+    # Requests whose books wait for the end of a loop iteration are done now: inside
+    # the timed flush, never outside the measurement.
+    _setup.finish_pending()
     tracing = getattr(runtime, "tracing", None)
     if tracing is None:
         return
@@ -287,16 +287,15 @@ def switch_off_devkit(parts: Collection[str]) -> None:
         )
     from devkit import _state
 
-    runtime = _state.current()
-    if runtime is None or runtime.instruments is None:
+    core = _state.core()
+    if core is None:
         raise ValueError("switching devkit parts off needs a devkit variant (no devkit runtime)")
-    inst = runtime.instruments
     if "logs" in parts:
-        inst.logs = None
+        core.logs = None
     if "span" in parts:
-        inst.server_spans = None
+        core.server_spans = None
     if "metrics" in parts:
-        inst.metrics = None
+        core.metrics = None
 
 
 # -- ASGI variants ------------------------------------------------------------------------

@@ -11,12 +11,12 @@ logs, metrics, probes and kept traces. To run it yourself::
     curl localhost:8000/healthz/ready
 
 Add ``OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318`` to export the kept traces to a
-collector. The app itself lives in ``devkit._demo`` so the demo works from an installed
-package; importing it calls ``devkit.init()``.
+collector. The app itself lives in ``devkit.cli._demo_app`` so the demo works from an
+installed package; importing it calls ``devkit.init()``.
 """
 
 from __future__ import annotations
 
-from devkit._demo import app
+from devkit.cli._demo_app import app
 
 __all__ = ["app"]

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from devkit.testing import Traffic
+
 # benchmarks/ is a top-level package of the repository, not part of the installed wheel.
 _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
@@ -36,7 +38,6 @@ from benchmarks import (  # noqa: E402
     variants,
 )
 from benchmarks.drivers import batch_sizes, calibrate, normalised  # noqa: E402
-from benchmarks.receiver import Receiver, Traffic  # noqa: E402
 from benchmarks.suites import SUITES  # noqa: E402
 
 BUDGET = {"asgi-starlette": 0.5, "wsgi-flask": 0.5, "logging_min_ratio": 1.0}
@@ -194,7 +195,7 @@ def test_receiver_counts_bytes_and_spans() -> None:
         scope_spans.spans.add().name = name
     body = request.SerializeToString()
 
-    receiver = Receiver().start()
+    receiver = runner.start_receiver()
     try:
         post = urllib.request.Request(
             receiver.endpoint + "/v1/traces",
@@ -212,7 +213,7 @@ def test_receiver_counts_bytes_and_spans() -> None:
 
 
 def test_receiver_answers_datadog_trace_payloads_as_the_agent_does() -> None:
-    receiver = Receiver().start()
+    receiver = runner.start_receiver()
     try:
         put = urllib.request.Request(
             receiver.endpoint + "/v0.5/traces", data=b"\x91\x90", method="PUT"
@@ -398,11 +399,10 @@ def test_server_app_switches_the_named_devkit_parts_off(monkeypatch: pytest.Monk
     for name in ("DEVKIT_SERVICE_NAME", "DEVKIT_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         monkeypatch.setenv(name, "")
     server_app.build("devkit", "http://127.0.0.1:9", io.BytesIO(), off=["logs", "span"])
-    runtime = _state.current()
-    assert runtime is not None and runtime.instruments is not None
-    inst = runtime.instruments
-    assert inst.logs is None and inst.server_spans is None
-    assert inst.metrics is not None
+    core = _state.core()
+    assert core is not None
+    assert core.logs is None and core.server_spans is None
+    assert core.metrics is not None
     with pytest.raises(ValueError, match="not tracing"):
         variants.switch_off_devkit(["tracing"])
 

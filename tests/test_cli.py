@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import os
 import re
@@ -9,14 +10,18 @@ import socket
 import subprocess
 import sys
 import threading
+import types
 import urllib.error
 import urllib.request
+from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import devkit
 from devkit import cli
+from devkit.cli import demo as demo_command
 from devkit.config import traces_endpoint
 
 # Importing a submodule binds it on the package; tests/test_lifecycle.py checks that
@@ -67,6 +72,47 @@ def test_no_command_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str])
     assert "usage: devkit" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["frobnicate"], "invalid choice: 'frobnicate'"), (["doctor", "--bogus"], "--bogus")],
+)
+def test_unknown_command_or_flag_is_argparses_error_and_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_command_module_plugs_in_with_add_parser_and_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[str] = []
+
+    def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Any:
+        parser = commands.add_parser("slo")
+        parser.add_argument("spec")
+        return parser
+
+    def run(args: argparse.Namespace) -> int:
+        seen.append(args.spec)
+        return 3
+
+    slo = types.SimpleNamespace(add_parser=add_parser, run=run)
+    monkeypatch.setattr(cli, "_COMMANDS", (*cli._COMMANDS, slo))
+    assert main(["slo", "shop.yaml"]) == 3
+    assert seen == ["shop.yaml"]
+
+
+def test_public_names_are_the_entry_point_and_each_commands_interface() -> None:
+    assert cli.__all__ == ["main"]
+    assert sorted(cli.doctor.__all__) == ["add_parser", "doctor", "run"]
+    assert sorted(cli.demo.__all__) == ["add_parser", "demo", "run"]
+    for module in (cli, cli.doctor, cli.demo, cli.version):
+        assert all(callable(getattr(module, name)) for name in module.__all__)
+
+
 # -- doctor -----------------------------------------------------------------------------------
 
 
@@ -78,6 +124,21 @@ def test_doctor_default_environment_is_healthy(capsys: pytest.CaptureFixture[str
     assert re.search(r"DEVKIT_TRACES_EXPORTER\s+none\s+\(default\)", out)
     assert re.search(r"starlette/fastapi\s+starlette \S+", out)
     assert "multiprocess mode" in out
+
+
+def test_doctor_shows_which_fast_paths_are_in_use(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from devkit import _compat
+
+    assert main(["doctor"]) == 0
+    assert re.search(r"metric-values\s+in use\s+\(prometheus-client\)", capsys.readouterr().out)
+    lost = _compat.FastPath("metric-values", "prometheus-client", False, "no MutexValue")
+    monkeypatch.setattr(_compat, "fast_paths", lambda: [lost])
+    assert main(["doctor"]) == 0  # slower, still correct: not a problem
+    out = capsys.readouterr().out
+    assert re.search(r"metric-values\s+not available: the slower public path is used", out)
+    assert f"prometheus-client {version('prometheus-client')}: no MutexValue" in out
 
 
 @pytest.mark.parametrize(
@@ -261,22 +322,21 @@ def test_receiver_decodes_gzip_and_rejects_garbage() -> None:
     span = request.resource_spans.add().scope_spans.add().spans.add()
     span.trace_id = bytes(range(16))
     span.name = "GET /items/{item_id}"
-    receiver = cli._Receiver()
-    receiver.start()
+    receiver = demo_command._start_receiver()
     try:
         post = urllib.request.Request(
             receiver.endpoint + "/v1/traces",
             data=gzip.compress(request.SerializeToString()),
             headers={"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"},
         )
-        with cli._opener.open(post, timeout=5) as answer:
+        with demo_command._opener.open(post, timeout=5) as answer:
             assert answer.status == 200
         garbage = urllib.request.Request(receiver.endpoint + "/v1/traces", data=b"\xff\x00garbage")
         with pytest.raises(urllib.error.HTTPError) as info:
-            cli._opener.open(garbage, timeout=5)
+            demo_command._opener.open(garbage, timeout=5)
         assert info.value.code == 400
         info.value.close()
-        spans, exports, rejected = receiver.snapshot()
+        spans, exports, rejected = demo_command._snapshot(receiver)
     finally:
         receiver.stop()
     assert [s.name for s in spans] == ["GET /items/{item_id}"]
@@ -295,7 +355,7 @@ def test_kept_traces_are_classified_by_their_server_span() -> None:
         return span
 
     child = Span(trace_id=(1).to_bytes(16, "big"), kind=Span.SPAN_KIND_CLIENT, name="db")
-    traces = cli._kept_traces(
+    traces = demo_command._kept_traces(
         [server_span(1, 5, error=True), child, server_span(2, 350), server_span(3, 5)]
     )
     assert sorted(t.category for t in traces.values()) == ["error", "ratio", "slow"]

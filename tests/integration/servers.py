@@ -1,30 +1,40 @@
-"""Real servers for integration tests: uvicorn/gunicorn subprocesses and an OTLP receiver."""
+"""Real servers for integration tests: uvicorn/gunicorn subprocesses, and devkit's OTLP
+receiver for them to export to."""
 
 from __future__ import annotations
 
-import gzip
-import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 from prometheus_client.parser import text_string_to_metric_families
+
+from devkit.testing import OTLPReceiver
+
+__all__ = [
+    "BIN",
+    "ROOT",
+    "OTLPReceiver",
+    "Server",
+    "attributes",
+    "clean_env",
+    "free_port",
+    "samples",
+    "serve",
+    "tool_missing",
+    "uvicorn_argv",
+    "value",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -116,77 +126,6 @@ def serve(
 
 def uvicorn_argv(app: str, port: int, *extra: str) -> list[str]:
     return [str(BIN / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port), *extra]
-
-
-@dataclass
-class OTLPReceiver:
-    """An OTLP/HTTP traces endpoint that decodes every request with opentelemetry-proto."""
-
-    port: int = 0
-    requests: list[ExportTraceServiceRequest] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    server: http.server.ThreadingHTTPServer | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> OTLPReceiver:
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                encoding = self.headers.get("Content-Encoding", "")
-                if encoding == "gzip":
-                    body = gzip.decompress(body)
-                elif encoding == "deflate":
-                    body = zlib.decompress(body)
-                message = ExportTraceServiceRequest()
-                message.ParseFromString(body)
-                with receiver.lock:
-                    receiver.requests.append(message)
-                reply = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-
-    def spans(self) -> list[tuple[Any, Any]]:
-        """Every received (resource, span) pair."""
-        out = []
-        with self.lock:
-            for request in self.requests:
-                for rs in request.resource_spans:
-                    for ss in rs.scope_spans:
-                        for span in ss.spans:
-                            out.append((rs.resource, span))
-        return out
-
-    def trace_ids(self) -> set[str]:
-        return {span.trace_id.hex() for _, span in self.spans()}
-
-    def wait_for(self, predicate: Any, timeout: float = 15) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate(self):
-                return True
-            time.sleep(0.1)
-        return bool(predicate(self))
 
 
 def attributes(span: Any) -> dict[str, Any]:

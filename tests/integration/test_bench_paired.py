@@ -30,14 +30,15 @@ def test_paired_run_measures_and_pairs_every_burst(tmp_path: Path) -> None:
     out = tmp_path / "paired.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.paired", "--bursts", "2", "--burst-s", "1",
-         "--env", "DEVKIT_SAMPLE_SUCCESS_RATIO=1.0", "--without", "span", "--json", str(out)],
+         "--env", "DEVKIT_SAMPLE_SUCCESS_RATIO=1.0", "--without", "span", "--against", "HEAD",
+         "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| devkit |" in proc.stdout
     result = json.loads(out.read_text())
     assert result["bursts"] == 2 and result["env"] == {"DEVKIT_SAMPLE_SUCCESS_RATIO": "1.0"}
-    assert set(result["variants"]) == {"bare", "devkit", "devkit without span"}
+    assert set(result["variants"]) == {"bare", "devkit", "devkit without span", "devkit at HEAD"}
     assert result["without"] == ["span"]
     assert result["uvicorn"] == "--http h11 --loop asyncio"
     devkit = result["variants"]["devkit"]
@@ -49,6 +50,10 @@ def test_paired_run_measures_and_pairs_every_burst(tmp_path: Path) -> None:
     no_span = result["variants"]["devkit without span"]
     assert no_span["requests_per_s"] > 0 and len(no_span["paired"]["requests_per_s"]["ratios"]) == 2
     assert no_span["background_cpu_us_per_request"] < devkit["background_cpu_us_per_request"]
+    # The committed source served next to the working tree's, and paired with it.
+    assert result["change"]["against"] == "HEAD"
+    assert len(result["change"]["paired"]["requests_per_s"]["ratios"]) == 2
+    assert "devkit over devkit at HEAD, burst by burst" in proc.stdout
     ratios = devkit["paired"]["requests_per_s"]["ratios"]
     assert len(ratios) == 2 and all(r > 0 for r in ratios)
     low, high = devkit["paired"]["requests_per_s"]["interval_95"]
@@ -58,12 +63,19 @@ def test_paired_run_measures_and_pairs_every_burst(tmp_path: Path) -> None:
     assert {v["exit_status"] for v in result["variants"].values()} <= {0, -15}
 
 
-def test_a_server_that_cannot_start_fails_the_run_with_its_reason() -> None:
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [
+        (["--variant", "no-such"], "paired run failed: server exited with status"),
+        (["--against", "no-such-rev"], "paired run failed: --against no-such-rev:"),
+    ],
+)
+def test_a_run_that_cannot_start_fails_with_its_reason(flags: list[str], reason: str) -> None:
     _need_wrk()
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.paired", "--bursts", "2", "--variant", "no-such"],
+        [sys.executable, "-m", "benchmarks.paired", "--bursts", "2", *flags],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 2
-    assert "paired run failed: server exited with status" in proc.stderr
+    assert reason in proc.stderr
     assert "Traceback" not in proc.stderr

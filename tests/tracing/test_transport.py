@@ -4,10 +4,7 @@ exporter's posts arrive as they did through ``requests`` (a real HTTP server her
 from __future__ import annotations
 
 import gzip
-import http.server
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+from devkit.testing import OTLPReceiver, Reply
 from devkit.tracing import _keepalive as transport_module
 from devkit.tracing._keepalive import KeepAliveTransport, use_keep_alive
 
@@ -33,58 +31,10 @@ _PROXY_VARIABLES = (
 )
 
 
-@dataclass
-class Collector:
-    """An HTTP/1.1 (keep-alive) server recording each POST and the connection it came on."""
-
-    status: int = 200
-    reply: bytes = b""
-    close_after_reply: bool = False
-    posts: list[tuple[tuple[str, int], dict[str, str], bytes]] = field(default_factory=list)
-    server: http.server.ThreadingHTTPServer | None = None
-
-    @property
-    def endpoint(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
-
-    def start(self) -> Collector:
-        collector = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                collector.posts.append((self.client_address, headers, body))
-                self.send_response(collector.status)
-                self.send_header("Content-Length", str(len(collector.reply)))
-                if collector.close_after_reply:
-                    self.send_header("Connection", "close")
-                    self.close_connection = True
-                self.end_headers()
-                self.wfile.write(collector.reply)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def connections(self) -> set[tuple[str, int]]:
-        return {address for address, _, _ in self.posts}
-
-
 @pytest.fixture
-def collector() -> Iterator[Collector]:
-    server = Collector().start()
-    yield server
-    assert server.server is not None
-    server.server.shutdown()
-    server.server.server_close()
+def collector() -> Iterator[OTLPReceiver]:
+    with OTLPReceiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture(autouse=True)
@@ -192,89 +142,90 @@ def test_not_installed_for_https_custom_sessions_or_other_transports() -> None:
 
 def test_posts_reuse_one_connection_and_carry_the_exporters_headers(
     keep_alive_exporter: Callable[..., OTLPSpanExporter],
-    collector: Collector,
+    collector: OTLPReceiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-tenant=acme")
-    exporter = keep_alive_exporter(collector.endpoint)
+    exporter = keep_alive_exporter(collector.traces_url)
     for n in range(5):
         assert exporter._client.export(b"batch %d" % n).success
-    assert [body for _, _, body in collector.posts] == [b"batch %d" % n for n in range(5)]
+    assert [post.data for post in collector.received()] == [b"batch %d" % n for n in range(5)]
     assert len(collector.connections()) == 1
-    _, headers, _ = collector.posts[0]
+    headers = collector.received()[0].headers
     assert headers["content-type"] == "application/x-protobuf"
     assert headers["x-tenant"] == "acme"
     assert headers["user-agent"].startswith("OTel-OTLP-Exporter-Python")
 
 
 def test_compression_stays_the_exporters(
-    keep_alive_exporter: Callable[..., OTLPSpanExporter], collector: Collector
+    keep_alive_exporter: Callable[..., OTLPSpanExporter], collector: OTLPReceiver
 ) -> None:
-    exporter = keep_alive_exporter(collector.endpoint, compression=Compression.Gzip)
+    exporter = keep_alive_exporter(collector.traces_url, compression=Compression.Gzip)
     assert exporter._client.export(b"spans" * 100).success
-    _, headers, body = collector.posts[0]
+    post = collector.received()[0]
+    headers, body = post.headers, post.data
     assert headers["content-encoding"] == "gzip"
     assert gzip.decompress(body) == b"spans" * 100
 
 
 def test_a_connection_the_collector_closed_is_reopened(
-    keep_alive_exporter: Callable[..., OTLPSpanExporter], collector: Collector
+    keep_alive_exporter: Callable[..., OTLPSpanExporter], collector: OTLPReceiver
 ) -> None:
-    collector.close_after_reply = True
-    exporter = keep_alive_exporter(collector.endpoint)
+    collector.reply = Reply(close=True)
+    exporter = keep_alive_exporter(collector.traces_url)
     for _ in range(3):
         assert exporter._client.export(b"x").success
-    assert len(collector.posts) == 3
+    assert len(collector.received()) == 3
     assert len(collector.connections()) == 3
 
 
 def test_an_idle_connection_dropped_under_it_costs_a_reconnect_not_the_batch(
     keep_alive_exporter: Callable[..., OTLPSpanExporter],
-    collector: Collector,
+    collector: OTLPReceiver,
 ) -> None:
-    exporter = keep_alive_exporter(collector.endpoint)
+    exporter = keep_alive_exporter(collector.traces_url)
     assert exporter._client.export(b"first").success
     transport = exporter._client._transport
     assert transport._conn is not None and transport._conn.sock is not None
     transport._conn.sock.close()  # as when the collector's idle timeout closed it
     assert exporter._client.export(b"second").success
-    assert [body for _, _, body in collector.posts] == [b"first", b"second"]
+    assert [post.data for post in collector.received()] == [b"first", b"second"]
 
 
 def test_rejected_batches_fail_and_are_not_retried(
-    keep_alive_exporter: Callable[..., OTLPSpanExporter], collector: Collector
+    keep_alive_exporter: Callable[..., OTLPSpanExporter], collector: OTLPReceiver
 ) -> None:
-    collector.status = 400
-    exporter = keep_alive_exporter(collector.endpoint)
+    collector.reply = Reply(status=400)
+    exporter = keep_alive_exporter(collector.traces_url)
     result = exporter._client.export(b"x")
     assert not result.success
     assert result.status_code == 400
-    assert len(collector.posts) == 1
+    assert len(collector.received()) == 1
 
 
 def test_retryable_status_is_retried_with_the_exporters_backoff(
     keep_alive_exporter: Callable[..., OTLPSpanExporter],
-    collector: Collector,
+    collector: OTLPReceiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    collector.status = 503
-    exporter = keep_alive_exporter(collector.endpoint, timeout=0.5)
+    collector.reply = Reply(status=503)
+    exporter = keep_alive_exporter(collector.traces_url, timeout=0.5)
     monkeypatch.setattr(exporter._client, "_compute_backoff", lambda retry: 0.05)
     result = exporter._client.export(b"x")
     assert not result.success
-    assert len(collector.posts) >= 2  # retried, then gave up within the timeout
+    assert len(collector.received()) >= 2  # retried, then gave up within the timeout
 
 
 def test_a_response_beyond_the_bound_is_cut_and_the_connection_dropped(
     keep_alive_exporter: Callable[..., OTLPSpanExporter],
-    collector: Collector,
+    collector: OTLPReceiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(transport_module, "MAX_RESPONSE_BYTES", 16)
-    collector.reply = b"r" * 1000
-    exporter = keep_alive_exporter(collector.endpoint)
+    collector.reply = Reply(body=b"r" * 1000)
+    exporter = keep_alive_exporter(collector.traces_url)
     transport = exporter._client._transport
-    result = transport.request("POST", collector.endpoint, data=b"x", timeout=5)
+    result = transport.request("POST", collector.traces_url, data=b"x", timeout=5)
     assert result.status_code == 200
     assert result.content() == b"r" * 16
     assert transport._conn is None
@@ -299,9 +250,9 @@ def test_a_dead_endpoint_is_a_connection_error_not_an_exception(
 
 
 def test_a_forked_child_opens_its_own_connection(
-    keep_alive_exporter: Callable[..., OTLPSpanExporter], collector: Collector
+    keep_alive_exporter: Callable[..., OTLPSpanExporter], collector: OTLPReceiver
 ) -> None:
-    exporter = keep_alive_exporter(collector.endpoint)
+    exporter = keep_alive_exporter(collector.traces_url)
     assert exporter._client.export(b"parent").success
     transport = exporter._client._transport
     parent_conn = transport._conn
@@ -313,11 +264,11 @@ def test_a_forked_child_opens_its_own_connection(
 
 
 def test_other_urls_go_to_the_exporters_own_transport(
-    keep_alive_exporter: Callable[..., OTLPSpanExporter], collector: Collector
+    keep_alive_exporter: Callable[..., OTLPSpanExporter], collector: OTLPReceiver
 ) -> None:
-    exporter = keep_alive_exporter(collector.endpoint)
+    exporter = keep_alive_exporter(collector.traces_url)
     transport = exporter._client._transport
-    other = collector.endpoint.replace("/v1/traces", "/elsewhere")
+    other = collector.endpoint + "/elsewhere"
     result = transport.request("POST", other, data=b"x", timeout=5)
     assert result.status_code == 200
     assert type(result).__module__.endswith("_requests")

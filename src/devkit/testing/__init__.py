@@ -10,6 +10,11 @@ test-suite without imports:
 - ``devkit_metrics``: ``sample_value(name, labels)`` over the metrics devkit serves;
 - ``devkit_reset``: only the reset: ``devkit.shutdown()`` and cleared request context.
 
+It also ships :class:`OTLPReceiver`, an OTLP/HTTP receiver on 127.0.0.1 that a test can
+point its own service at. The receiver and the capture classes work without pytest (the
+``devkit demo`` command uses the receiver); the fixtures are defined when pytest is
+importable.
+
 Example::
 
     def test_checkout_logs_the_order(devkit_logs):
@@ -25,22 +30,29 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
-import pytest
 import structlog
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from devkit import _context, _setup, _state, health, logs
 from devkit._setup import shutdown
+from devkit.testing._receiver import OTLPReceiver, Received, Reply, Traffic
+
+try:
+    import pytest
+except ImportError:  # devkit demo imports the receiver where pytest may not be installed
+    _HAVE_PYTEST = False
+else:
+    _HAVE_PYTEST = True
 
 __all__ = [
     "CapturedLogs",
     "CapturedSpans",
     "MetricSamples",
-    "devkit_logs",
-    "devkit_metrics",
-    "devkit_reset",
-    "devkit_spans",
+    "OTLPReceiver",
+    "Received",
+    "Reply",
+    "Traffic",
     "reset",
 ]
 
@@ -88,27 +100,6 @@ def reset() -> None:
     _context.correlation_id.set(None)
 
 
-@pytest.fixture
-def devkit_reset() -> Iterator[None]:
-    """Reset devkit after the test, whatever the test initialised."""
-    try:
-        yield
-    finally:
-        reset()
-
-
-@pytest.fixture
-def devkit_logs() -> Iterator[CapturedLogs]:
-    """Capture the rendered log records of the test; reset devkit afterwards."""
-    captured = CapturedLogs()
-    logs.add_tap(captured._tap)
-    try:
-        yield captured
-    finally:
-        logs.remove_tap(captured._tap)
-        reset()
-
-
 class CapturedSpans:
     """Spans exported by devkit during a test (after tail sampling)."""
 
@@ -125,36 +116,57 @@ class CapturedSpans:
         return [s for s in self.spans if s.name == name]
 
 
-@pytest.fixture
-def devkit_spans() -> Iterator[CapturedSpans]:
-    """Export devkit's spans to memory for the test; reset devkit afterwards."""
-    exporter = InMemorySpanExporter()
-    _setup.components["span_exporter"] = exporter
-    try:
-        yield CapturedSpans(exporter)
-    finally:
-        _setup.components.pop("span_exporter", None)
-        reset()
-
-
 class MetricSamples:
     """Reads the samples devkit serves at ``/metrics``."""
 
     def sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
         """The value of sample ``name`` with exactly ``labels``, or None if absent."""
-        runtime = _state.current()
-        if runtime is None or runtime.metrics is None:
+        core = _state.core()
+        if core is None or core.metrics is None:
             return None
-        _setup.finish_pending(runtime)
-        runtime.metrics.prepare_scrape()
-        value = runtime.metrics.registry.get_sample_value(name, labels or {})
+        core.flush_pending()
+        core.metrics.prepare_scrape()
+        value = core.metrics.registry.get_sample_value(name, labels or {})
         return None if value is None else float(value)
 
 
-@pytest.fixture
-def devkit_metrics() -> Iterator[MetricSamples]:
-    """Metric samples of the code under test; reset devkit afterwards."""
-    try:
-        yield MetricSamples()
-    finally:
-        reset()
+if _HAVE_PYTEST:
+    __all__ += ["devkit_logs", "devkit_metrics", "devkit_reset", "devkit_spans"]
+
+    @pytest.fixture
+    def devkit_reset() -> Iterator[None]:
+        """Reset devkit after the test, whatever the test initialised."""
+        try:
+            yield
+        finally:
+            reset()
+
+    @pytest.fixture
+    def devkit_logs() -> Iterator[CapturedLogs]:
+        """Capture the rendered log records of the test; reset devkit afterwards."""
+        captured = CapturedLogs()
+        logs.add_tap(captured._tap)
+        try:
+            yield captured
+        finally:
+            logs.remove_tap(captured._tap)
+            reset()
+
+    @pytest.fixture
+    def devkit_spans() -> Iterator[CapturedSpans]:
+        """Export devkit's spans to memory for the test; reset devkit afterwards."""
+        exporter = InMemorySpanExporter()
+        _setup.components["span_exporter"] = exporter
+        try:
+            yield CapturedSpans(exporter)
+        finally:
+            _setup.components.pop("span_exporter", None)
+            reset()
+
+    @pytest.fixture
+    def devkit_metrics() -> Iterator[MetricSamples]:
+        """Metric samples of the code under test; reset devkit afterwards."""
+        try:
+            yield MetricSamples()
+        finally:
+            reset()

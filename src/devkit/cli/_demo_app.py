@@ -3,7 +3,7 @@
 It lives in the package (not only in ``examples/``) so ``devkit demo`` works from an
 installed wheel. Importing this module calls ``devkit.init()``; only servers import it::
 
-    uvicorn devkit._demo:app --port 8000
+    uvicorn devkit.cli._demo_app:app --port 8000
 
 Routes are chosen to show every signal: successes, 4xx, 5xx from an unhandled exception,
 slow requests and a log record carrying secrets that devkit redacts.
