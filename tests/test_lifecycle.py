@@ -93,3 +93,18 @@ def test_shutdown_writes_one_final_record(devkit_logs: CapturedLogs) -> None:
     (final,) = devkit_logs.find(message="shutdown complete")
     assert final["logger"] == "devkit"
     assert final["requests_unfinished"] == 0
+
+
+def test_the_runtime_is_a_read_only_view() -> None:
+    runtime = devkit.init(service_name="view")
+    assert runtime.settings.service_name == "view" and runtime.enabled
+    assert runtime.metrics is not None and runtime.logs is not None and runtime.health is not None
+    assert isinstance(runtime.integrations, tuple) and isinstance(runtime.instrumentors, tuple)
+    with pytest.raises(AttributeError):
+        runtime.settings = runtime.settings  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        runtime.anything = 1  # type: ignore[attr-defined]
+    assert not hasattr(runtime, "closers") and not hasattr(runtime, "extra")
+    assert devkit.init() is runtime  # the same view, again
+    devkit.shutdown()
+    assert runtime.metrics is not None  # what it built stays readable after shutdown
