@@ -10,6 +10,7 @@ from typing import Any
 
 from devkit import _errors, _state, logs
 from devkit._state import Runtime, State
+from devkit._version import __version__
 from devkit.config import Settings
 from devkit.redaction import Redactor
 
@@ -86,6 +87,12 @@ def _build(state: State) -> None:
         REGISTRY,
         buckets=buckets_for(settings.slow_threshold_ms / 1000.0),
         multiprocess_dir=settings.multiprocess_dir,
+        build_info={
+            "service": settings.service_name,
+            "version": settings.service_version or "",
+            "environment": settings.environment or "",
+            "devkit_version": __version__,
+        },
     )
     closers.append(("metrics", lambda _t: metrics.unregister()))
 

@@ -19,7 +19,7 @@ import glob
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -31,7 +31,23 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar, Sample
 
 from devkit import _compat
-from devkit.config import UNMATCHED_ROUTE
+from devkit.conventions import (
+    BUILD_INFO,
+    DEFAULT_BUCKETS,
+    DURATION,
+    ERRORS_TOTAL,
+    IN_PROGRESS,
+    INTERNAL_ERRORS_TOTAL,
+    LOOP_LAG,
+    REQUEST_LABELS,
+    REQUESTS_TOTAL,
+    SPANS_DROPPED_TOTAL,
+    STANDARD_METHODS,
+    TRACES_SAMPLED_TOTAL,
+    UNMATCHED_ROUTE,
+    buckets_for,
+    le,
+)
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -47,37 +63,11 @@ __all__ = [
 ]
 
 UNMATCHED = UNMATCHED_ROUTE
-STANDARD_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
-)
-#: prometheus-client's defaults plus 0.3 s, the default latency SLO.
-DEFAULT_BUCKETS: tuple[float, ...] = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.075,
-    0.1,
-    0.25,
-    0.3,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    7.5,
-    10.0,
-)
 _MAX_CACHED_CHILDREN = 10_000
-_IN_PROGRESS = ("http_requests_in_progress", "HTTP requests being served.")
+_IN_PROGRESS = (IN_PROGRESS, "HTTP requests being served.")
 _EXEMPLAR_FILE_PREFIX = "devkit-exemplars-"
 _EXEMPLAR_FLUSH_INTERVAL_S = 1.0
 _EXEMPLAR_MAX_AGE_S = 3600.0
-
-
-def buckets_for(slow_threshold_s: float) -> tuple[float, ...]:
-    """Default buckets with the slow threshold added, so 'slower than slow' is exact."""
-    return tuple(sorted(set(DEFAULT_BUCKETS) | {round(slow_threshold_s, 6)}))
 
 
 class ExemplarStore:
@@ -173,23 +163,24 @@ class RedMetrics:
         buckets: Sequence[float] = DEFAULT_BUCKETS,
         exemplars: ExemplarStore | None = None,
         multiprocess_dir: str | None = None,
+        build_info: Mapping[str, str] | None = None,
     ) -> None:
+        """``build_info``: the labels of ``devkit_build_info`` (service, version,
+        environment, devkit_version); without it the metric is not exposed."""
         self.registry = registry
         #: prometheus-client's multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``).
         self.multiprocess_dir = multiprocess_dir
         self.multiprocess = multiprocess_dir is not None
-        labels = ("method", "route", "status_code")
-        self.requests = Counter(
-            "http_requests_total", "HTTP requests served.", labels, registry=registry
-        )
+        labels = REQUEST_LABELS
+        self.requests = Counter(REQUESTS_TOTAL, "HTTP requests served.", labels, registry=registry)
         self.errors = Counter(
-            "http_requests_errors_total",
+            ERRORS_TOTAL,
             "HTTP requests that failed: 5xx responses and unhandled exceptions (as 500).",
             labels,
             registry=registry,
         )
         self.duration = Histogram(
-            "http_request_duration_seconds",
+            DURATION,
             "Time from request start to the end of the response.",
             labels,
             buckets=buckets,
@@ -213,25 +204,25 @@ class RedMetrics:
             self.in_progress = _LiveGauge(self._live, self._lock)
             registry.register(self.in_progress)
         self.loop_lag = Histogram(
-            "devkit_event_loop_lag_seconds",
+            LOOP_LAG,
             "Delay of a timer on the server's asyncio event loop (saturation).",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
             registry=registry,
         )
         self.internal_errors = Counter(
-            "devkit_internal_errors_total",
+            INTERNAL_ERRORS_TOTAL,
             "Failures inside devkit that were counted instead of raised.",
             ("component", "reason"),
             registry=registry,
         )
         self.spans_dropped = Counter(
-            "devkit_spans_dropped_total",
+            SPANS_DROPPED_TOTAL,
             "Spans dropped by devkit's bounded buffers.",
             ("reason",),
             registry=registry,
         )
         self.traces_sampled = Counter(
-            "devkit_traces_sampled_total",
+            TRACES_SAMPLED_TOTAL,
             "Tail-sampling decisions by outcome.",
             ("decision",),
             registry=registry,
@@ -246,7 +237,13 @@ class RedMetrics:
         # Reasons and decisions are a small fixed set of devkit's own strings.
         self._drop_children: dict[str, Any] = {}
         self._decision_children: dict[str, Any] = {}
+        #: ``devkit_build_info``: in multiprocess mode it is served beside the merged
+        #: workers' metrics (every worker has the same).
+        self.build_info = _BuildInfo(build_info) if build_info is not None else None
+        if self.build_info is not None:
+            registry.register(self.build_info)
         self._collectors: list[Collector] = [
+            *([self.build_info] if self.build_info is not None else []),
             self.requests,
             self.errors,
             self.duration,
@@ -350,12 +347,11 @@ class RedMetrics:
         self, method: str, route: str, status_code: int, duration_s: float, trace_id: str
     ) -> None:
         labels = {"method": method, "route": route, "status_code": str(status_code)}
-        self._exemplars.record(_series_key("http_requests_total", labels), trace_id, 1.0)
+        self._exemplars.record(_series_key(REQUESTS_TOTAL, labels), trace_id, 1.0)
         for bound in self._bucket_bounds:
             if duration_s <= bound:
-                le = _float_to_go(bound)
                 self._exemplars.record(
-                    _series_key("http_request_duration_seconds_bucket", {**labels, "le": le}),
+                    _series_key(DURATION + "_bucket", {**labels, "le": le(bound)}),
                     trace_id,
                     duration_s,
                 )
@@ -385,10 +381,25 @@ class RedMetrics:
                 pass
 
 
-def _float_to_go(value: float) -> str:
-    from prometheus_client.utils import floatToGoString
+def _family(counter: str) -> str:
+    """A counter's family name, as prometheus-client reports it (without ``_total``)."""
+    return counter.removesuffix("_total")
 
-    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+
+class _BuildInfo(Collector):
+    """``devkit_build_info{service, version, environment, devkit_version} 1``."""
+
+    def __init__(self, labels: Mapping[str, str]) -> None:
+        self._labels = dict(labels)
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            BUILD_INFO,
+            "The service's name, version and environment, and devkit's version (always 1).",
+            labels=list(self._labels),
+        )
+        family.add_metric(list(self._labels.values()), 1.0)
+        yield family
 
 
 class _LiveGauge(Collector):
@@ -422,7 +433,7 @@ class _MultiprocessExemplarCollector(Collector):
         self._store.flush()
         exemplars = self._store.merged()
         for metric in self._inner.collect():  # type: ignore[no-untyped-call]
-            if exemplars and metric.name in ("http_requests", "http_request_duration_seconds"):
+            if exemplars and metric.name in (_family(REQUESTS_TOTAL), DURATION):
                 metric.samples = [self._attach(s, exemplars) for s in metric.samples]
             yield metric
 
@@ -442,6 +453,8 @@ def scrape_registry(metrics: RedMetrics) -> Collector:
         return metrics.registry
     registry = CollectorRegistry()
     registry.register(_MultiprocessExemplarCollector(directory, metrics.exemplars))
+    if metrics.build_info is not None:
+        registry.register(metrics.build_info)
     return registry
 
 

@@ -202,3 +202,22 @@ def test_in_progress_is_exposed_as_a_gauge_would_be() -> None:
     for encode in (generate_latest, openmetrics):
         assert family(encode(registry)) == family(encode(reference))
     assert registry.get_sample_value("http_requests_in_progress", {"method": "GET"}) == 1.0
+
+
+def test_build_info_names_the_service_and_its_version(tmp_path: Any) -> None:
+    from devkit.metrics import scrape_registry
+
+    labels = {"service": "shop", "version": "1.4.0", "environment": "prod", "devkit_version": "0"}
+    registry = CollectorRegistry()
+    RedMetrics(registry, build_info=labels)
+    assert registry.get_sample_value("devkit_build_info", labels) == 1.0
+    # Multiprocess servers serve it beside the merged workers' metrics.
+    merged = scrape_registry(
+        RedMetrics(CollectorRegistry(), multiprocess_dir=str(tmp_path), build_info=labels)
+    )
+    assert any(
+        s.name == "devkit_build_info" and s.labels == labels
+        for metric in merged.collect()
+        for s in metric.samples
+    )
+    assert RedMetrics(CollectorRegistry()).build_info is None
