@@ -91,7 +91,7 @@ def test_a_command_module_plugs_in_with_add_parser_and_run(
     seen: list[str] = []
 
     def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Any:
-        parser = commands.add_parser("slo")
+        parser = commands.add_parser("canary")
         parser.add_argument("spec")
         return parser
 
@@ -99,9 +99,9 @@ def test_a_command_module_plugs_in_with_add_parser_and_run(
         seen.append(args.spec)
         return 3
 
-    slo = types.SimpleNamespace(add_parser=add_parser, run=run)
-    monkeypatch.setattr(cli, "_COMMANDS", (*cli._COMMANDS, slo))
-    assert main(["slo", "shop.yaml"]) == 3
+    canary = types.SimpleNamespace(add_parser=add_parser, run=run)
+    monkeypatch.setattr(cli, "_COMMANDS", (*cli._COMMANDS, canary))
+    assert main(["canary", "shop.yaml"]) == 3
     assert seen == ["shop.yaml"]
 
 
@@ -372,8 +372,12 @@ def test_demo_end_to_end() -> None:
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
-    for heading in ("=== Logs ===", "=== Metrics ===", "=== Probes ===", "=== Traces ==="):
+    for heading in ("=== Logs ===", "=== Metrics ===", "=== Probes ===", "=== Traces ===",
+                    "=== SLOs ==="):  # fmt: skip
         assert heading in out
+    # The injected checkout failures visibly spend that SLO's budget; the item pages are fast.
+    assert re.search(r"checkout-available\s+objective\s+99.5 %\s+SLI\s+\d+\.\d%.*spent", out)
+    assert re.search(r"items-fast\s+objective\s+99 %\s+SLI 100\.0%\s+budget left\s+100%\s+ok", out)
     assert "[REDACTED:" in out
     for secret in ("hunter2", "ada@example.com", "4111 1111 1111 1111"):
         assert secret not in out + result.stderr

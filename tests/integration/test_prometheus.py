@@ -14,17 +14,16 @@ import math
 import re
 import shutil
 import subprocess
-import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
-from servers import OTLPReceiver, Server, free_port, tool_missing
+from servers import OTLPReceiver, Prometheus, Server, poll, tool_missing
+from servers import prometheus as start_prometheus
 
 pytestmark = pytest.mark.integration
 
@@ -44,16 +43,6 @@ def require(binary: str) -> str:
     if path is None:
         tool_missing("prometheus not installed: .ci/run installs the Debian package")
     return path
-
-
-def poll(fetch: Callable[[], T], ok: Callable[[T], bool], timeout: float = 20) -> T:
-    """Call ``fetch`` until ``ok`` accepts its result or ``timeout`` passes; the last result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fetch()
-        if ok(result) or time.monotonic() > deadline:
-            return result
-        time.sleep(0.25)
 
 
 @dataclass
@@ -125,123 +114,23 @@ def test_promtool_check_metrics_is_clean(server: Server) -> None:
 # -- the Prometheus server -----------------------------------------------------------------
 
 
-@dataclass
-class Prometheus:
-    url: str
-    log_path: Path
-    started: float
-    client: httpx.Client
-
-    def api(self, endpoint: str, **params: str) -> Any:
-        response = self.client.get(f"/api/v1/{endpoint}", params=params)
-        body = response.json()
-        assert response.status_code == 200 and body["status"] == "success", body
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        data = self.api("query", query=expr)
-        assert data["resultType"] == "vector", data
-        return list(data["result"])
-
-    def scalar(self, expr: str, timeout: float = 20) -> float:
-        """The value of a one-element vector ``expr``, polled until it is finite and > 0."""
-
-        def value(result: list[dict[str, Any]]) -> float:
-            return float(result[0]["value"][1]) if len(result) == 1 else math.nan
-
-        result = poll(lambda: self.query(expr), lambda r: value(r) > 0, timeout)
-        assert len(result) == 1, (expr, result)
-        return value(result)
-
-    def target(self) -> dict[str, Any] | None:
-        """The app's scrape target as ``/api/v1/targets`` reports it."""
-        targets = self.api("targets", state="active")["activeTargets"]
-        mine = [t for t in targets if t["scrapePool"] == JOB]
-        assert len(mine) <= 1, targets
-        return mine[0] if mine else None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Iterator[Prometheus]:
-    binary = require("prometheus")
-    tmp = tmp_path_factory.mktemp("prometheus")
-    config = tmp / "prometheus.yml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            global:
-              scrape_interval: 1s
-              scrape_timeout: 1s
-            scrape_configs:
-              - job_name: {JOB}
-                scrape_interval: 1s
-                scrape_timeout: 1s
-                metrics_path: /metrics
-                static_configs:
-                  - targets: ["127.0.0.1:{server.port}"]
-            """
-        )
-    )
-    port = free_port()
-    log_path = tmp / "prometheus.log"
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--enable-feature=exemplar-storage",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=url, timeout=10) as client:
-            prom = Prometheus(url, log_path, time.time(), client)
-            deadline = time.monotonic() + 30
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"prometheus exited early:\n{prom.log()}")
-                try:
-                    if client.get("/-/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"prometheus did not become ready:\n{prom.log()}")
-                time.sleep(0.1)
-
-            # The scrape manager applies new targets up to 5 s after startup: wait for the
-            # first scrape so that the whole traffic run is covered by 1 s scrapes.
-            first = poll(prom.target, lambda t: t is not None and t["health"] == "up", 30)
-            assert first is not None and first["health"] == "up", (first, prom.log())
-
-            traffic = Traffic(server.url)
-            traffic.drive(TRAFFIC_SECONDS)
-            assert traffic.failures == []
-            assert set(traffic.statuses["/items"]) == {200}
-            assert set(traffic.statuses["/boom"]) == {500}
-            assert set(traffic.statuses["/slow"]) == {200}
-            yield prom
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    with start_prometheus(tmp_path_factory.mktemp("prometheus"), {JOB: server.port}) as prom:
+        # The whole traffic run is covered by 1 s scrapes.
+        prom.wait_scraped(JOB)
+        traffic = Traffic(server.url)
+        traffic.drive(TRAFFIC_SECONDS)
+        assert traffic.failures == []
+        assert set(traffic.statuses["/items"]) == {200}
+        assert set(traffic.statuses["/boom"]) == {500}
+        assert set(traffic.statuses["/slow"]) == {200}
+        yield prom
 
 
 def test_target_is_up_and_scrapes_without_error(prometheus: Prometheus) -> None:
     assert prometheus.scalar(f'up{{job="{JOB}"}}') == 1
-    target = prometheus.target()
+    target = prometheus.target(JOB)
     assert target is not None and target["health"] == "up", target
     assert target["lastError"] == "", target
     # Nothing rejected at ingestion either (out-of-order exemplars, duplicate series,

@@ -81,6 +81,10 @@ class _Answer:
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+#: The demo service's SLOs (JSON: the demo needs no YAML library).
+_DEMO_SLO = "demo_slo.json"
+
+
 def _fetch(
     url: str,
     method: str = "GET",
@@ -304,6 +308,7 @@ def demo(out: TextIO, err: TextIO) -> int:
         # uvicorn re-raises SIGTERM after its graceful shutdown: -SIGTERM is a clean exit.
         if exit_status not in (0, -signal.SIGTERM):
             failures.append(f"the service exited with status {exit_status} after SIGTERM")
+        _show_slos(out, metrics, failures)
         for failure in failures:
             out.write(f"! {failure}\n")
         out.write(f"\ndemo finished in {time.monotonic() - started:.1f} s\n")
@@ -462,6 +467,37 @@ def _show_metrics(out: TextIO, metrics: _Answer, failures: list[str]) -> str | N
     out.write(f"    {chosen['line']}\n")
     trace_id: str = chosen["line"].split(' # {trace_id="', 1)[1].split('"', 1)[0]
     return trace_id
+
+
+def _show_slos(out: TextIO, metrics: _Answer, failures: list[str]) -> None:
+    """The demo's SLOs over its traffic, from the scrape above (no Prometheus needed)."""
+    from importlib import resources
+
+    from devkit.ops.slo import load
+    from devkit.ops.status import snapshot
+
+    _heading(out, "SLOs")
+    with resources.as_file(resources.files("devkit.cli").joinpath(_DEMO_SLO)) as path:
+        slo_file = load(path)
+    statuses = {s.slo: s for s in snapshot(slo_file, metrics.body)}
+    for slo in slo_file.slos:
+        s = statuses[slo.name]
+        sli = "—" if s.sli is None else f"{s.sli:.1%}"
+        left = "—" if s.budget_remaining is None else f"{s.budget_remaining:.0%}"
+        out.write(
+            f"  {slo.name:<20} objective {slo.objective:>5g} %  SLI {sli:>6}  budget left {left:>7}"
+            f"  {s.state:<8} ({slo.description})\n"
+        )
+    out.write(
+        f"  (over the {int(statuses['checkout-available'].requests or 0)} checkouts and the "
+        "item pages above; with Prometheus: `devkit slo rules` writes the burn-rate alerts,\n"
+        "   `devkit slo status --prometheus URL` is the deployment gate; the SLO file is "
+        f"devkit/cli/{_DEMO_SLO}, `devkit dashboard --slo` draws it)\n"
+    )
+    if statuses["checkout-available"].state != "spent":
+        failures.append("the failing checkouts did not spend the checkout SLO's budget")
+    if statuses["items-fast"].state != "ok":
+        failures.append(f"the item pages' latency SLO is {statuses['items-fast'].state}, not ok")
 
 
 def _show_probes(out: TextIO, probes: Sequence[tuple[str, _Answer]], failures: list[str]) -> None:
