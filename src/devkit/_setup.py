@@ -6,13 +6,17 @@ import atexit
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devkit import _errors, _state, logs
 from devkit._state import Runtime, State
 from devkit._version import __version__
 from devkit.config import Settings
 from devkit.redaction import Redactor
+
+if TYPE_CHECKING:
+    from devkit.health import HealthRegistry
+    from devkit.metrics import RedMetrics
 
 __all__ = ["init", "shutdown"]
 
@@ -121,6 +125,7 @@ def _build(state: State) -> None:
         liveness_timeout_s=settings.liveness_timeout_s,
         redact=redactor.redact_str if redactor is not None else None,
     )
+    _process_gauges(metrics, registry)
     closers.append(("health", lambda _t: registry.stop()))
 
     from devkit._signals import chain_sigterm
@@ -155,6 +160,35 @@ def _build(state: State) -> None:
     instrumentors, undo_instrumentors = install_instrumentors(settings)
     state.instrumentors = tuple(instrumentors)
     closers.append(("tracing", lambda _t: undo_instrumentors()))
+
+
+def _process_gauges(metrics: RedMetrics, registry: HealthRegistry) -> None:
+    """What a canary's rollback rules read of each process, at scrape time."""
+    from devkit import _cgroup
+    from devkit.conventions import CIRCUIT_BREAKER_OPEN, MEMORY_LIMIT, MEMORY_USAGE, READY
+
+    metrics.add_gauge(
+        READY,
+        "1 while this process is ready: started, not draining, its last readiness probe passed.",
+        lambda: {(): registry.ready_state()},
+    )
+    metrics.add_gauge(
+        CIRCUIT_BREAKER_OPEN,
+        "1 while the circuit breaker in front of a dependency is open.",
+        lambda: {(name,): float(is_open) for name, is_open in registry.circuit_breakers().items()},
+        labels=("dependency",),
+    )
+
+    metrics.add_gauge(
+        MEMORY_LIMIT,
+        "The memory limit of the process's cgroup (its container), when it has one.",
+        lambda: {(): _cgroup.memory()[0]},
+    )
+    metrics.add_gauge(
+        MEMORY_USAGE,
+        "The memory the process's cgroup (its container) uses.",
+        lambda: {(): _cgroup.memory()[1]},
+    )
 
 
 def _ignore_timeout(action: Callable[[], None]) -> Callable[[float], None]:

@@ -14,12 +14,19 @@ from devkit.config import UNMATCHED_ROUTE
 
 __all__ = [
     "BUILD_INFO",
+    "CIRCUIT_BREAKER_OPEN",
     "DEFAULT_BUCKETS",
     "DURATION",
     "ERRORS_TOTAL",
     "INTERNAL_ERRORS_TOTAL",
     "IN_PROGRESS",
     "LOOP_LAG",
+    "MEMORY_LIMIT",
+    "MEMORY_USAGE",
+    "PROCESS_CPU",
+    "PROCESS_MEMORY",
+    "PROCESS_START",
+    "READY",
     "REQUESTS_TOTAL",
     "REQUEST_LABELS",
     "SPANS_DROPPED_TOTAL",
@@ -57,6 +64,18 @@ INTERNAL_ERRORS_TOTAL = "devkit_internal_errors_total"
 #: 1, with ``service``, ``version``, ``environment`` and ``devkit_version`` labels: what rules,
 #: dashboards and canary comparisons select or join on.
 BUILD_INFO = "devkit_build_info"
+#: 1 while this process is ready (started, not draining, last readiness probe passed).
+READY = "devkit_ready"
+#: 1 while the circuit breaker in front of ``dependency`` is open (``health.circuit_breaker``).
+CIRCUIT_BREAKER_OPEN = "devkit_circuit_breaker_open"
+#: The memory limit and usage of the process's cgroup (its container), when it has them.
+MEMORY_LIMIT = "devkit_memory_limit_bytes"
+MEMORY_USAGE = "devkit_memory_usage_bytes"
+#: From prometheus-client's process collector: CPU seconds, resident memory, start time
+#: (a changed start time is a restart).
+PROCESS_CPU = "process_cpu_seconds_total"
+PROCESS_MEMORY = "process_resident_memory_bytes"
+PROCESS_START = "process_start_time_seconds"
 
 #: prometheus-client's default buckets plus 0.3 s, the default latency SLO.
 DEFAULT_BUCKETS: tuple[float, ...] = (

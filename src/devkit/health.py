@@ -53,6 +53,7 @@ __all__ = [
     "add_check",
     "begin_shutdown",
     "check",
+    "circuit_breaker",
     "configure",
     "get_registry",
     "mark_started",
@@ -74,6 +75,9 @@ DEFAULT_CACHE_INTERVAL_S: Final = 1.0
 DEFAULT_LIVENESS_TIMEOUT_S: Final = 10.0
 MAX_WORKERS: Final = 4
 MAX_ERROR_CHARS: Final = 200
+#: Circuit breakers a process may report (the ``dependency`` label's bound).
+MAX_CIRCUIT_BREAKERS: Final = 64
+MAX_LABEL_CHARS: Final = 128
 #: Names of the checks devkit adds itself; user checks cannot take them.
 RESERVED_NAMES: Final = frozenset({"started", "shutdown", "event_loop", "devkit"})
 
@@ -493,6 +497,10 @@ class HealthRegistry:
         self._pool: _DaemonPool | None = None
         self._started = False
         self._shutting_down = False
+        #: The outcome of the last readiness evaluation (None: not probed yet).
+        self._last_ready: bool | None = None
+        #: Circuit breakers the service reports (name -> open), for the canary's rollback.
+        self._circuits: dict[str, bool] = {}
         #: Watches the server's event loop for ``/live``; the ASGI middleware attaches it.
         self.watchdog = LivenessWatchdog(liveness_timeout_s)
 
@@ -605,6 +613,8 @@ class HealthRegistry:
                     c.flight = None
             self._started = False
             self._shutting_down = False
+            self._last_ready = None
+            self._circuits.clear()
         if pool is not None:
             pool.shutdown()
 
@@ -667,27 +677,60 @@ class HealthRegistry:
 
     def _evaluate(self, kind: Kind) -> ProbeResult:
         results, gated = self._gate(kind)
-        if gated:
-            return ProbeResult.of(results)
-        self._add_event_loop(kind, results)
-        flights = [(c.name, self._acquire(c, None)) for c in self._snapshot(kind)]
-        for name, flight in flights:
-            results[name] = self._wait(flight)
-        return ProbeResult.of(results)
+        if not gated:
+            self._add_event_loop(kind, results)
+            flights = [(c.name, self._acquire(c, None)) for c in self._snapshot(kind)]
+            for name, flight in flights:
+                results[name] = self._wait(flight)
+        return self._outcome(kind, results)
+
+    def _outcome(self, kind: Kind, results: dict[str, CheckResult]) -> ProbeResult:
+        result = ProbeResult.of(results)
+        if kind == "ready":
+            self._last_ready = result.status == "pass"
+        return result
+
+    # -- what the metrics report -----------------------------------------------------------
+
+    def ready_state(self) -> float:
+        """1 when this process is ready (started, not draining, its last readiness probe
+        passed or none came yet), else 0: ``devkit_ready``."""
+        ready = self._started and not self._shutting_down and self._last_ready is not False
+        return 1.0 if ready else 0.0
+
+    def set_circuit_breaker(self, name: str, open: bool) -> None:
+        """Report that the circuit breaker in front of dependency ``name`` is open (or
+        closed again): ``devkit_circuit_breaker_open{dependency=name}``. At most
+        ``MAX_CIRCUIT_BREAKERS`` names; more are counted and ignored."""
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_LABEL_CHARS:
+            _errors.report("health", "circuit_breaker_name_invalid")
+            return
+        with self._lock:
+            if name not in self._circuits and len(self._circuits) >= MAX_CIRCUIT_BREAKERS:
+                overflow = True
+            else:
+                self._circuits[name] = bool(open)
+                overflow = False
+        if overflow:
+            _errors.report("health", "circuit_breakers_over_limit")
+
+    def circuit_breakers(self) -> dict[str, bool]:
+        """Every reported circuit breaker, name -> open."""
+        with self._lock:
+            return dict(self._circuits)
 
     async def _evaluate_async(self, kind: Kind) -> ProbeResult:
         results, gated = self._gate(kind)
-        if gated:
-            return ProbeResult.of(results)
-        self._add_event_loop(kind, results)
-        loop = asyncio.get_running_loop()
-        flights = [(c.name, self._acquire(c, loop)) for c in self._snapshot(kind)]
-        pending = [f for _, f in flights if not f.future.done()]
-        if pending:
-            await asyncio.gather(*(self._wait_async(f) for f in pending))
-        for name, flight in flights:
-            results[name] = self._resolve(flight, flight.future.result())
-        return ProbeResult.of(results)
+        if not gated:
+            self._add_event_loop(kind, results)
+            loop = asyncio.get_running_loop()
+            flights = [(c.name, self._acquire(c, loop)) for c in self._snapshot(kind)]
+            pending = [f for _, f in flights if not f.future.done()]
+            if pending:
+                await asyncio.gather(*(self._wait_async(f) for f in pending))
+            for name, flight in flights:
+                results[name] = self._resolve(flight, flight.future.result())
+        return self._outcome(kind, results)
 
     def _add_event_loop(self, kind: Kind, results: dict[str, CheckResult]) -> None:
         if kind != "live" or not self.watchdog.attached:
@@ -892,6 +935,17 @@ def mark_started() -> None:
 def begin_shutdown() -> None:
     """Fail readiness from now on so the load balancer drains this instance."""
     _default.begin_shutdown()
+
+
+def circuit_breaker(name: str, open: bool) -> None:
+    """Report the state of the circuit breaker in front of dependency ``name``::
+
+        devkit.health.circuit_breaker("payments", open=True)
+
+    Exposed as ``devkit_circuit_breaker_open{dependency="payments"} 1``: the canary's
+    rollback rules roll back while one is open. Never raises.
+    """
+    _default.set_circuit_breaker(name, open)
 
 
 def configure(

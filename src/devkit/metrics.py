@@ -242,6 +242,9 @@ class RedMetrics:
         self.build_info = _BuildInfo(build_info) if build_info is not None else None
         if self.build_info is not None:
             registry.register(self.build_info)
+        #: Gauges read when scraped (:meth:`add_gauge`); in multiprocess mode the scraped
+        #: worker's are served beside the merged metrics.
+        self.process_gauges: list[Collector] = []
         self._collectors: list[Collector] = [
             *([self.build_info] if self.build_info is not None else []),
             self.requests,
@@ -257,6 +260,20 @@ class RedMetrics:
     @property
     def exemplars(self) -> ExemplarStore:
         return self._exemplars
+
+    def add_gauge(
+        self,
+        name: str,
+        documentation: str,
+        read: Callable[[], Mapping[tuple[str, ...], float | None]],
+        labels: Sequence[str] = (),
+    ) -> None:
+        """A gauge whose samples ``read()`` returns when scraped (label values -> value;
+        None leaves that sample out). Nothing is done per request."""
+        gauge = _CallbackGauge(name, documentation, tuple(labels), read)
+        self.registry.register(gauge)
+        self.process_gauges.append(gauge)
+        self._collectors.append(gauge)
 
     def prepare_scrape(self) -> None:
         """Bring bulk-counted values up to date (called by every reader of the registry)."""
@@ -402,6 +419,39 @@ class _BuildInfo(Collector):
         yield family
 
 
+class _CallbackGauge(Collector):
+    """A gauge family read when scraped (see :meth:`RedMetrics.add_gauge`)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: tuple[str, ...],
+        read: Callable[[], Mapping[tuple[str, ...], float | None]],
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labels = labels
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(self._name, self._documentation, labels=self._labels)
+        try:
+            samples = self._read()
+        except Exception as exc:
+            from devkit import _errors
+
+            _errors.report("metrics", "gauge_read_failed", exc)
+            samples = {}
+        for values, value in samples.items():
+            if value is not None:
+                family.add_metric(values, value)
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(self._name, self._documentation, labels=self._labels)
+
+
 class _LiveGauge(Collector):
     """``http_requests_in_progress{method}`` from devkit's own counts (one process)."""
 
@@ -455,6 +505,8 @@ def scrape_registry(metrics: RedMetrics) -> Collector:
     registry.register(_MultiprocessExemplarCollector(directory, metrics.exemplars))
     if metrics.build_info is not None:
         registry.register(metrics.build_info)
+    for gauge in metrics.process_gauges:
+        registry.register(gauge)
     return registry
 
 
