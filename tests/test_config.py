@@ -32,6 +32,8 @@ def test_every_spec_variable_is_read() -> None:
         "DEVKIT_REDACT_SALT": "s3cr3t-salt",
         "DEVKIT_REDACT_IP": "yes",
         "DEVKIT_TRACES_EXPORTER": "console",
+        "DEVKIT_LOGS_EXPORTER": "otlp",
+        "DEVKIT_LOGS_STDOUT": "false",
         "DEVKIT_SAMPLE_SUCCESS_RATIO": "0.25",
         "DEVKIT_SLOW_THRESHOLD_MS": "150",
         "DEVKIT_TAIL_SAMPLING": "collector",
@@ -50,6 +52,7 @@ def test_every_spec_variable_is_read() -> None:
     assert s.redact_mode == "hash" and s.redact_keys == ("iban", "user_email")
     assert s.redact_salt == "s3cr3t-salt" and s.redact_ip is True
     assert s.traces_exporter == "console" and s.sample_success_ratio == 0.25
+    assert s.logs_exporter == "otlp" and s.logs_stdout is False
     assert s.slow_threshold_ms == 150 and s.tail_sampling == "collector"
     assert s.metrics_path == "/internal/metrics" and s.metrics_port == 9464
     assert s.health_path == "/health" and s.liveness_timeout_s == 5
@@ -233,7 +236,7 @@ def test_opentelemetry_variables_devkit_acts_on_are_read_here() -> None:
         {
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/",
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
-            "OTEL_PROPAGATORS": "TraceContext, b3",
+            "OTEL_PROPAGATORS": "TraceContext",
             "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "httpx, requests",
             "PROMETHEUS_MULTIPROC_DIR": "/run/metrics",
         }
@@ -241,7 +244,7 @@ def test_opentelemetry_variables_devkit_acts_on_are_read_here() -> None:
     assert settings.traces_exporter == "otlp"
     assert settings.export.endpoint == "http://collector:4318/v1/traces"
     assert settings.export.protocol_variable == "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
-    assert settings.propagators == ("tracecontext", "b3")
+    assert settings.propagators == ("tracecontext",)
     assert settings.custom_propagators
     assert settings.disabled_instrumentations == {"httpx", "requests"}
     assert settings.multiprocess_dir == "/run/metrics"
@@ -249,13 +252,95 @@ def test_opentelemetry_variables_devkit_acts_on_are_read_here() -> None:
     assert not plain.custom_propagators and plain.multiprocess_dir is None
 
 
-def test_a_bad_protocol_is_an_error_only_for_the_otlp_exporter() -> None:
-    with pytest.raises(devkit.ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL='thrift'"):
-        Settings.from_env(
-            {"DEVKIT_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"}
-        )
-    settings = Settings.from_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"})
-    assert settings.traces_exporter == "none" and settings.export.protocol == "http/protobuf"
+def test_a_bad_protocol_is_an_error_with_or_without_an_exporter() -> None:
+    # A typo is caught the day it is made, not the day the exporter is turned on.
+    for env in (
+        {"DEVKIT_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"},
+        {"OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"},
+    ):
+        with pytest.raises(devkit.ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL='thrift'"):
+            Settings.from_env(env)
+    with pytest.raises(devkit.ConfigError, match="OTEL_EXPORTER_OTLP_LOGS_PROTOCOL"):
+        Settings.from_env({"OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "http/json"})
+
+
+def test_logs_export_reads_the_logs_variables_over_the_shared_ones() -> None:
+    settings = Settings.from_env(
+        {
+            "OTEL_LOGS_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+            "OTEL_BLRP_MAX_QUEUE_SIZE": "512",
+            "OTEL_BSP_MAX_QUEUE_SIZE": "4096",
+        }
+    )
+    assert settings.logs_exporter == "otlp" and settings.logs_stdout
+    assert settings.log_export.endpoint == "http://collector:4318/v1/logs"
+    assert settings.log_export.max_queue_size == 512
+    assert settings.export.endpoint == "http://collector:4318/v1/traces"
+    assert settings.export.max_queue_size == 4096
+    own = Settings.from_env(
+        {
+            "DEVKIT_LOGS_EXPORTER": "otlp_proto_http",
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "https://logs.example:443/otlp",
+        }
+    )
+    assert own.logs_exporter == "otlp"
+    assert own.log_export.endpoint == "https://logs.example:443/otlp"
+    assert Settings.from_env({}).log_export.endpoint == "http://localhost:4318/v1/logs"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("OTEL_PROPAGATORS", "tracecontext,b3", "installed propagators: baggage"),
+        ("OTEL_PROPAGATORS", " , ", "installed propagators"),
+        ("OTEL_TRACES_EXPORTER", "zipkin", "otlp, console, none"),
+        ("OTEL_LOGS_EXPORTER", "console", "otlp or none"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "http/protobuf, grpc"),
+        ("OTEL_TRACES_SAMPLER", "sometimes", "parentbased_always_on"),
+        ("OTEL_TRACES_SAMPLER_ARG", "2", "0"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", "http:// or https:// URL"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://c/v1/traces", "URL"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd", "gzip"),
+        ("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "soon", "number"),
+        ("OTEL_BLRP_SCHEDULE_DELAY", "0", "1"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "team", "key=value"),
+    ],
+)
+def test_opentelemetry_variables_fail_at_settings_naming_themselves(
+    variable: str, value: str, named: str
+) -> None:
+    env = {variable: value}
+    if variable == "OTEL_TRACES_SAMPLER_ARG":
+        env["OTEL_TRACES_SAMPLER"] = "traceidratio"
+    with pytest.raises(devkit.ConfigError, match=variable) as caught:
+        Settings.from_env(env)
+    assert named in str(caught.value)
+
+
+def test_otlp_headers_are_checked_but_never_echoed() -> None:
+    with pytest.raises(devkit.ConfigError, match="OTEL_EXPORTER_OTLP_HEADERS") as caught:
+        Settings.from_env({"OTEL_EXPORTER_OTLP_HEADERS": "Bearer-s3cr3t-token"})
+    assert "s3cr3t" not in str(caught.value)
+    ok = {"OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer%20x,x-team=a"}
+    Settings.from_env(ok)
+
+
+def test_an_opentelemetry_sampler_sets_the_success_ratio_devkit_keeps() -> None:
+    env = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.05"}
+    assert Settings.from_env(env).sample_success_ratio == 0.05
+    own = {**env, "DEVKIT_SAMPLE_SUCCESS_RATIO": "0.5"}
+    assert Settings.from_env(own).sample_success_ratio == 0.5
+    assert Settings.from_env({"OTEL_TRACES_SAMPLER": "traceidratio"}).sample_success_ratio == 1
+    assert Settings.from_env({"OTEL_TRACES_SAMPLER": "Always_On"}).sample_success_ratio == 1
+    off = {"OTEL_TRACES_SAMPLER": "parentbased_always_off"}
+    assert Settings.from_env(off).sample_success_ratio == 0
+    assert Settings.from_env({}).sample_success_ratio == 0.1
+    from devkit.config import source_of
+
+    (ratio,) = [v for v in VARIABLES if v.field == "sample_success_ratio"]
+    assert source_of(ratio, env) == "environment, OTEL_TRACES_SAMPLER"
+    assert source_of(ratio, own) == "environment"
 
 
 def test_sources_of_effective_values() -> None:

@@ -29,6 +29,40 @@ def test_importing_devkit_has_no_side_effects() -> None:
     assert out.stdout.strip() == "clean"
 
 
+# Every module a user or framework hook imports: none may read OTEL_* at import time.
+_EVERY_MODULE = (
+    "devkit, devkit.testing, devkit.http.asgi, devkit.http.wsgi, devkit.tracing.provider, "
+    "devkit.integrations.starlette, devkit.integrations.flask, devkit.integrations.django"
+)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OTEL_PROPAGATORS", "b3"),
+        ("OTEL_TRACES_EXPORTER", "zipkin"),
+        ("OTEL_LOGS_EXPORTER", "kafka"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+    ],
+)
+def test_a_bad_opentelemetry_variable_fails_at_init_not_at_import(
+    variable: str, value: str
+) -> None:
+    code = (
+        f"import os\nos.environ[{variable!r}] = {value!r}\n"
+        f"import {_EVERY_MODULE}\n"
+        "try:\n"
+        "    devkit.init()\n"
+        "except devkit.ConfigError as error:\n"
+        "    print(error.variable, '|', error)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    named, _, message = out.stdout.strip().partition(" | ")
+    assert named == variable and value in message
+
+
 def test_init_is_idempotent_and_warns_once(devkit_logs: CapturedLogs) -> None:
     first = devkit.init(service_name="svc")
     root = logging.getLogger()

@@ -31,14 +31,18 @@ def parse_bool(variable: str, raw: object) -> bool:
 
 
 def parse_choice(
-    variable: str, raw: object, choices: Collection[str], aliases: dict[str, str] | None = None
+    variable: str,
+    raw: object,
+    choices: Collection[str],
+    aliases: dict[str, str] | None = None,
+    accepted: str | None = None,
 ) -> str:
     text = str(raw).strip().lower()
     if aliases and text in aliases:
         text = aliases[text]
     if text in choices:
         return text
-    raise ConfigError(variable, raw, "one of " + ", ".join(choices))
+    raise ConfigError(variable, raw, accepted or "one of " + ", ".join(choices))
 
 
 def parse_float(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -105,6 +106,10 @@ DEFAULT_PROPAGATORS: tuple[str, ...] = ("tracecontext", "baggage")
 
 MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 _PROTOCOLS = ("http/protobuf", "grpc")
+_TRACES_PATH = "/v1/traces"
+_LOGS_PATH = "/v1/logs"
+_LOGS_URL = "http://localhost:4318/v1/logs"
+_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,25 @@ VARIABLES: tuple[Variable, ...] = (
         "otlp, console, none",
         ("OTEL_TRACES_EXPORTER",),
     ),
-    Variable("DEVKIT_SAMPLE_SUCCESS_RATIO", "sample_success_ratio", "0.1", "0..1"),
+    Variable(
+        "DEVKIT_LOGS_EXPORTER",
+        "logs_exporter",
+        "none",
+        "none, otlp: also export every record over OTLP",
+        ("OTEL_LOGS_EXPORTER",),
+    ),
+    Variable(
+        "DEVKIT_LOGS_STDOUT",
+        "logs_stdout",
+        "true",
+        "write the JSON lines to stdout (false: OTLP only)",
+    ),
+    Variable(
+        "DEVKIT_SAMPLE_SUCCESS_RATIO",
+        "sample_success_ratio",
+        "0.1, or `OTEL_TRACES_SAMPLER_ARG` with a ratio-based `OTEL_TRACES_SAMPLER`",
+        "0..1",
+    ),
     Variable(
         "DEVKIT_SLOW_THRESHOLD_MS", "slow_threshold_ms", "300", "keep traces at least this slow"
     ),
@@ -207,6 +230,8 @@ class Settings:
     redact_salt: str | None = field(default=None, repr=False)
     redact_ip: bool = False
     traces_exporter: Literal["otlp", "console", "none"] = "none"
+    logs_exporter: Literal["otlp", "none"] = "none"
+    logs_stdout: bool = True
     sample_success_ratio: float = 0.1
     slow_threshold_ms: float = 300.0
     tail_sampling: Literal["local", "collector"] = "local"
@@ -220,6 +245,8 @@ class Settings:
     # -- read from OpenTelemetry and prometheus-client variables (no keyword) -------------
     #: The OTLP exporter and the export queue (``OTEL_EXPORTER_OTLP_*``, ``OTEL_BSP_*``).
     export: ExportOptions = field(default_factory=ExportOptions)
+    #: The same for logs (``OTEL_EXPORTER_OTLP_LOGS_*``, ``OTEL_BLRP_*``).
+    log_export: ExportOptions = field(default_factory=lambda: ExportOptions(endpoint=_LOGS_URL))
     #: ``OTEL_PROPAGATORS``, lower case, in order.
     propagators: tuple[str, ...] = DEFAULT_PROPAGATORS
     #: ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``.
@@ -272,7 +299,13 @@ class Settings:
         ):
             values["disabled"] = _env.parse_bool("OTEL_SDK_DISABLED", env["OTEL_SDK_DISABLED"])
 
-        values["export"] = _export_options(env, values.get("traces_exporter") == "otlp")
+        _check_opentelemetry(env)
+        if "sample_success_ratio" not in values:
+            ratio = _sampler_ratio(env)
+            if ratio is not None:
+                values["sample_success_ratio"] = ratio
+        values["export"] = _export_options(env, "TRACES", _TRACES_PATH, "OTEL_BSP_")
+        values["log_export"] = _export_options(env, "LOGS", _LOGS_PATH, "OTEL_BLRP_")
         if "OTEL_PROPAGATORS" in env:
             values["propagators"] = tuple(
                 name.lower()
@@ -324,38 +357,120 @@ def _present(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if v.strip()}
 
 
-def _export_options(env: Mapping[str, str], otlp: bool) -> ExportOptions:
+def _export_options(env: Mapping[str, str], signal: str, path: str, queue: str) -> ExportOptions:
+    """One signal's OTLP options: ``OTEL_EXPORTER_OTLP_<signal>_*`` over the shared
+    ``OTEL_EXPORTER_OTLP_*``, and its export queue's ``<queue>*`` bounds."""
     options: dict[str, Any] = {}
-    for variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+    for variable in (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
         if variable in env:
-            # Only an exporter that uses it makes a bad protocol an error.
             options["protocol_variable"] = variable
-            if otlp:
-                options["protocol"] = _env.parse_choice(variable, env[variable], _PROTOCOLS)
+            options["protocol"] = _env.parse_choice(variable, env[variable], _PROTOCOLS)
             break
-    options["endpoint"] = traces_endpoint(env, options.get("protocol", "http/protobuf"))
-    for variable, key, scale in (
-        ("OTEL_BSP_MAX_QUEUE_SIZE", "max_queue_size", None),
-        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "max_batch_size", None),
-        ("OTEL_BSP_SCHEDULE_DELAY", "schedule_delay_s", 1000.0),
+    options["endpoint"] = _signal_endpoint(
+        env, signal, path, options.get("protocol", "http/protobuf")
+    )
+    for suffix, key, scale in (
+        ("MAX_QUEUE_SIZE", "max_queue_size", None),
+        ("MAX_EXPORT_BATCH_SIZE", "max_batch_size", None),
+        ("SCHEDULE_DELAY", "schedule_delay_s", 1000.0),
     ):
+        variable = queue + suffix
         if variable in env:
             value = _env.parse_int(variable, env[variable], minimum=1, maximum=10_000_000)
             options[key] = value / scale if scale else value
     return ExportOptions(**options)
 
 
-def traces_endpoint(environ: Mapping[str, str], protocol: str = "http/protobuf") -> str:
-    """The URL the OTLP trace exporter sends to, as the OpenTelemetry SDK derives it."""
-    specific = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+def _signal_endpoint(env: Mapping[str, str], signal: str, path: str, protocol: str) -> str:
+    specific = env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT", "").strip()
     if specific:
         return specific
-    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
     if protocol == "grpc":
         return base or "http://localhost:4317"
     if base:
-        return base.rstrip("/") + "/v1/traces"
-    return "http://localhost:4318/v1/traces"
+        return base.rstrip("/") + path
+    return "http://localhost:4318" + path
+
+
+def traces_endpoint(environ: Mapping[str, str], protocol: str = "http/protobuf") -> str:
+    """The URL the OTLP trace exporter sends to, as the OpenTelemetry SDK derives it."""
+    return _signal_endpoint(environ, "TRACES", _TRACES_PATH, protocol)
+
+
+#: The success ratio each of OpenTelemetry's samplers (``OTEL_TRACES_SAMPLER``) stands
+#: for in devkit's tail sampler; ``None``: the ratio is ``OTEL_TRACES_SAMPLER_ARG``.
+#: Plugin samplers decide at the head, which would drop the errors devkit keeps: refused.
+_SAMPLER_RATIOS: dict[str, float | None] = {
+    "always_on": 1.0,
+    "parentbased_always_on": 1.0,
+    "always_off": 0.0,
+    "parentbased_always_off": 0.0,
+    "traceidratio": None,
+    "parentbased_traceidratio": None,
+}
+
+
+def _installed(group: str) -> set[str]:
+    from importlib.metadata import entry_points
+
+    return {ep.name for ep in entry_points(group=group)}
+
+
+def _check_opentelemetry(env: Mapping[str, str]) -> None:
+    """The OpenTelemetry variables whose bad values the SDK would only log (or raise at
+    import): a ConfigError naming the variable and what is accepted or installed."""
+    if "OTEL_PROPAGATORS" in env:
+        names = [n.strip().lower() for n in env["OTEL_PROPAGATORS"].split(",") if n.strip()]
+        installed = _installed("opentelemetry_propagator") | {"none"}
+        unknown = [n for n in names if n not in installed]
+        if unknown or not names:
+            raise ConfigError(
+                "OTEL_PROPAGATORS",
+                env["OTEL_PROPAGATORS"],
+                "a comma-separated list of installed propagators: " + ", ".join(sorted(installed)),
+            )
+    if "OTEL_TRACES_SAMPLER" in env:
+        _env.parse_choice("OTEL_TRACES_SAMPLER", env["OTEL_TRACES_SAMPLER"], _SAMPLER_RATIOS)
+    for signal in ("", "TRACES_", "LOGS_"):
+        endpoint = f"OTEL_EXPORTER_OTLP_{signal}ENDPOINT"
+        if endpoint in env and not _URL.fullmatch(env[endpoint].strip()):
+            raise ConfigError(endpoint, env[endpoint], "an http:// or https:// URL")
+        compression = f"OTEL_EXPORTER_OTLP_{signal}COMPRESSION"
+        if compression in env:
+            _env.parse_choice(compression, env[compression], ("gzip", "deflate", "none"))
+        timeout = f"OTEL_EXPORTER_OTLP_{signal}TIMEOUT"
+        if timeout in env:
+            _env.parse_float(timeout, env[timeout], minimum=0.0, exclusive_minimum=True)
+        headers = f"OTEL_EXPORTER_OTLP_{signal}HEADERS"
+        if headers in env and not _pairs_ok(env[headers]):
+            # Header values are credentials: never echoed.
+            raise ConfigError(headers, "<hidden>", "comma-separated key=value pairs")
+    if "OTEL_RESOURCE_ATTRIBUTES" in env and not _pairs_ok(env["OTEL_RESOURCE_ATTRIBUTES"]):
+        raise ConfigError(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            env["OTEL_RESOURCE_ATTRIBUTES"],
+            "comma-separated key=value pairs (values percent-encoded)",
+        )
+
+
+def _pairs_ok(raw: str) -> bool:
+    items = [item for item in raw.split(",") if item.strip()]
+    return bool(items) and all(
+        sep and key.strip() for key, sep, _ in (item.partition("=") for item in items)
+    )
+
+
+def _sampler_ratio(env: Mapping[str, str]) -> float | None:
+    """The success ratio an ``OTEL_TRACES_SAMPLER`` stands for, if one is set."""
+    sampler = env.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if sampler not in _SAMPLER_RATIOS:
+        return None
+    ratio = _SAMPLER_RATIOS[sampler]
+    if ratio is not None:
+        return ratio
+    raw = env.get("OTEL_TRACES_SAMPLER_ARG", "1.0")
+    return _env.parse_float("OTEL_TRACES_SAMPLER_ARG", raw, minimum=0.0, maximum=1.0)
 
 
 def multiprocess_dir(environ: Mapping[str, str] | None = None) -> str | None:
@@ -382,6 +497,8 @@ def source_of(variable: Variable, environ: Mapping[str, str]) -> str:
         for endpoint in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
             if endpoint in env:
                 return f"because {endpoint} is set"
+    if variable.field == "sample_success_ratio" and _sampler_ratio(env) is not None:
+        return "environment, OTEL_TRACES_SAMPLER"
     return "default"
 
 
@@ -407,6 +524,16 @@ def _traces_exporter(name: str, raw: object) -> str:
     return _env.parse_choice(name, raw, ("otlp", "console", "none"))
 
 
+def _logs_exporter(name: str, raw: object) -> str:
+    return _env.parse_choice(
+        name,
+        raw,
+        ("otlp", "none"),
+        aliases={"otlp_proto_http": "otlp"},
+        accepted="otlp or none (devkit writes every record to stdout already: no console)",
+    )
+
+
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "service_name": _text,
     "service_version": _text,
@@ -418,6 +545,8 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "redact_salt": _salt,
     "redact_ip": _env.parse_bool,
     "traces_exporter": _traces_exporter,
+    "logs_exporter": lambda n, r: _logs_exporter(n, r),
+    "logs_stdout": _env.parse_bool,
     "sample_success_ratio": lambda n, r: _env.parse_float(n, r, minimum=0.0, maximum=1.0),
     "slow_threshold_ms": lambda n, r: _env.parse_float(n, r, minimum=0.0, exclusive_minimum=True),
     "tail_sampling": _choice("local", "collector"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -239,7 +240,15 @@ class _HeaderPropagator(TextMapPropagator):
 
 
 @pytest.fixture
-def custom_propagator(monkeypatch: pytest.MonkeyPatch) -> Any:
+def custom_propagator(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    # Installed as a propagator package is: an entry point that init() can check.
+    dist = tmp_path / "custom_propagator-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Name: custom-propagator\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[opentelemetry_propagator]\ncustom = custom_propagator:Propagator\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("OTEL_PROPAGATORS", "custom")
     previous = propagate.get_global_textmap()
     propagate.set_global_textmap(_HeaderPropagator())

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -193,7 +193,7 @@ def build_exporter(settings: Settings) -> SpanExporter | None:
                 "otlp",
                 "otlp with the exporter installed: pip install 'devkit-observability[otlp]'",
             ) from None
-        from devkit.tracing._keepalive import use_keep_alive
+        from devkit._keepalive import use_keep_alive
         from devkit.tracing._otlp import FastOTLPExporter
 
         exporter = OTLPSpanExporter()
@@ -273,6 +273,10 @@ def install_propagator(propagator: Any, settings: Settings) -> Callable[[], None
     """Make ``propagator`` the global textmap unless OTEL_PROPAGATORS asks for others."""
     if settings.custom_propagators:
         return lambda: None
+    # Imported here: importing opentelemetry.propagate loads OTEL_PROPAGATORS' propagators,
+    # which init() validates first (importing devkit reads nothing).
+    from opentelemetry import propagate
+
     previous = propagate.get_global_textmap()
     propagate.set_global_textmap(propagator)
     return lambda: propagate.set_global_textmap(previous)
