@@ -156,7 +156,8 @@ def test_receivers_listen_on_all_interfaces(name: str) -> None:
 
 def test_sampling_doc_names_every_drop_reason_and_limit() -> None:
     source = "".join(
-        (ROOT / "src" / "devkit" / "tracing" / f).read_text() for f in ("sampling.py", "_export.py")
+        (ROOT / "src" / "devkit" / f).read_text()
+        for f in ("tracing/sampling.py", "tracing/_export.py", "_batch.py")
     )
     reasons = set(re.findall(r'_on_drop\(\s*"([a-z_]+)"', source))
     assert len(reasons) >= 7, reasons

@@ -158,6 +158,7 @@ PUBLIC = {
         "ERRORS_TOTAL",
         "INTERNAL_ERRORS_TOTAL",
         "IN_PROGRESS",
+        "LOG_RECORDS_DROPPED_TOTAL",
         "LOOP_LAG",
         "MEMORY_LIMIT",
         "MEMORY_USAGE",

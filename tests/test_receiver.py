@@ -182,9 +182,38 @@ def test_take_counts_wire_bytes_and_spans_and_empties(receiver: OTLPReceiver) ->
     body = gzip.compress(export("a", "b"))
     send(receiver.traces_url, body, headers={"Content-Encoding": "gzip"})
     send(receiver.endpoint + "/v0.5/traces", b"\x91\x90", method="PUT")
-    assert receiver.take() == Traffic(requests=2, bytes=len(body) + 2, spans=2)
+    assert receiver.take() == Traffic(requests=2, bytes=len(body) + 2, spans=2, log_records=0)
     assert receiver.received() == []
-    assert receiver.take() == Traffic(requests=0, bytes=0, spans=0)
+    assert receiver.take() == Traffic(requests=0, bytes=0, spans=0, log_records=0)
+
+
+def _logs(*bodies: str) -> bytes:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    attribute = resource_logs.resource.attributes.add()
+    attribute.key, attribute.value.string_value = "service.name", "shop"
+    scope_logs = resource_logs.scope_logs.add()
+    scope_logs.scope.name = "app"
+    for body in bodies:
+        scope_logs.log_records.add().body.string_value = body
+    return request.SerializeToString()
+
+
+def test_log_exports_are_decoded_and_counted(receiver: OTLPReceiver) -> None:
+    send(receiver.logs_url, gzip.compress(_logs("a", "b")), headers={"Content-Encoding": "gzip"})
+    send(receiver.endpoint + "/v1/logs", b"\xff not protobuf")
+    send(receiver.traces_url, export("span"))
+    records = receiver.log_records()
+    assert [(scope.name, r.body.string_value) for _res, scope, r in records] == [
+        ("app", "a"),
+        ("app", "b"),
+    ]
+    assert records[0][0].attributes[0].value.string_value == "shop"
+    assert len(receiver.log_requests()) == 1 and len(receiver.spans()) == 1
+    traffic = receiver.take()
+    assert (traffic.requests, traffic.spans, traffic.log_records) == (3, 1, 2)
 
 
 def test_take_counts_no_spans_without_opentelemetry_proto(
@@ -195,6 +224,7 @@ def test_take_counts_no_spans_without_opentelemetry_proto(
         sys.modules, "opentelemetry.proto.collector.trace.v1.trace_service_pb2", None
     )
     assert receiver.take() == Traffic(requests=1, bytes=len(export("a")), spans=None)
+    assert Traffic(1, 1, None).log_records is None
 
 
 def test_wait_for_polls_until_the_predicate_holds(receiver: OTLPReceiver) -> None:
@@ -232,7 +262,7 @@ def test_the_receiver_and_the_demo_work_without_pytest_or_opentelemetry_proto() 
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "Traffic(requests=1, bytes=1, spans=None)\n"
+    assert result.stdout == "Traffic(requests=1, bytes=1, spans=None, log_records=None)\n"
 
 
 def test_the_plugin_defines_its_fixtures_where_pytest_is_importable() -> None:

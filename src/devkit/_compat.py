@@ -26,11 +26,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FastPath",
+    "LogModel",
     "PlainObserve",
     "django_response_logged",
     "fast_paths",
     "global_tracer_provider_set",
     "http_transport_base",
+    "log_model",
     "otlp_client_transport",
     "otlp_is_shut_down",
     "otlp_max_request_size",
@@ -245,12 +247,50 @@ def http_transport_base() -> tuple[type[Any], type[Any]] | None:
 
 def _otlp_client(exporter: Any) -> Any:
     try:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     except ImportError:
         return None
-    if type(exporter) is not OTLPSpanExporter:
+    if type(exporter) not in (OTLPSpanExporter, OTLPLogExporter):
         return None
     return getattr(exporter, "_client", None)
+
+
+@dataclass(frozen=True)
+class LogModel:
+    """OpenTelemetry's logs data model and OTLP exporters. Public API, but under
+    ``_logs`` modules while the logs signal's Python API is marked in development."""
+
+    LogRecord: type[Any]
+    SeverityNumber: Any
+    ReadableLogRecord: type[Any]
+    #: protocol -> the exporter class, for the exporters installed.
+    exporters: dict[str, type[Any]]
+
+
+def log_model() -> LogModel | None:
+    """None when the installed SDK predates the model (the ``otlp`` extra brings it)."""
+    try:
+        from opentelemetry._logs import LogRecord, SeverityNumber
+        from opentelemetry.sdk._logs import ReadableLogRecord
+    except ImportError:
+        return None
+    exporters: dict[str, type[Any]] = {}
+    try:
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    except ImportError:
+        pass
+    else:
+        exporters["http/protobuf"] = OTLPLogExporter
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (  # type: ignore[import-not-found]
+            OTLPLogExporter as GrpcLogExporter,
+        )
+    except ImportError:
+        pass
+    else:
+        exporters["grpc"] = GrpcLogExporter
+    return LogModel(LogRecord, SeverityNumber, ReadableLogRecord, exporters)
 
 
 def otlp_sender(exporter: Any) -> Callable[[bytes], bool] | None:

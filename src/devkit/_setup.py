@@ -118,6 +118,23 @@ def _build(state: State) -> None:
     )
     closers.append(("tracing", tracing.shutdown))
     metrics.before_scrape.append(tracing.processor.flush_counts)
+
+    if settings.logs_exporter == "otlp":
+        from devkit._log_export import build_log_export
+
+        log_export = state.log_export = build_log_export(
+            settings,
+            tracing.provider.resource,  # the traces' own: one service.instance.id
+            on_drop=metrics.count_dropped_log_records,
+            exporter=components.get("log_exporter"),
+        )
+        pipeline.export = log_export
+
+        def close_log_export(timeout_s: float) -> None:
+            pipeline.export = None
+            log_export.shutdown(timeout_s)
+
+        closers.append(("logs", close_log_export))
     undo_propagator = install_propagator(W3CPropagator(), settings)
     closers.append(("tracing", lambda _t: undo_propagator()))
 
@@ -214,24 +231,30 @@ def finish_pending() -> None:
 
 
 def _flush_state(state: State, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
     core = state.core
     if core is None:
         return True
     core.flush_pending()
-    if core.tracing is None:
-        return True
-    try:
-        core.tracing.processor.force_flush()
-        exporter = core.tracing.exporter
-        return exporter.force_flush(timeout_s) if exporter is not None else True
-    except Exception as exc:
-        _errors.report("tracing", "flush_failed", exc)
-        return False
+    flushed = True
+    if core.tracing is not None:
+        try:
+            core.tracing.processor.force_flush()
+            exporter = core.tracing.exporter
+            flushed = exporter.force_flush(timeout_s) if exporter is not None else True
+        except Exception as exc:
+            _errors.report("tracing", "flush_failed", exc)
+            flushed = False
+    if state.log_export is not None:
+        left = max(0.0, deadline - time.monotonic())
+        flushed = state.log_export.force_flush(left) and flushed
+    return flushed
 
 
 def flush(timeout_s: float | None = None) -> bool:
     """Write what finished requests still owe (access records, metrics, spans) and export
-    every kept span now (pending traces are decided), within ``timeout_s``.
+    every kept span and queued log record now (pending traces are decided), within
+    ``timeout_s``.
 
     Called when the server stops (ASGI lifespan shutdown) because a server that re-raises
     SIGTERM after its shutdown never runs ``atexit`` handlers.
@@ -281,6 +304,9 @@ def _stop_serving(state: State, timeout_s: float | None) -> None:
             "spans_unexported": exporter.pending() if exporter is not None else 0,
         },
     )
+    if state.log_export is not None:
+        # A server that re-raises SIGTERM never reaches atexit: the records go now.
+        state.log_export.force_flush(max(0.0, deadline - time.monotonic()))
 
 
 def shutdown(timeout_s: float | None = None) -> None:

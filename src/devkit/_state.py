@@ -16,6 +16,7 @@ from devkit.config import Settings
 from devkit.redaction import Redactor
 
 if TYPE_CHECKING:
+    from devkit._log_export import LogExport
     from devkit.health import HealthRegistry
     from devkit.http._core import Core
     from devkit.http._metrics_server import MetricsServer
@@ -39,6 +40,8 @@ class State:
     #: Everything a request touches (None when devkit is disabled).
     core: Core | None = None
     metrics_server: MetricsServer | None = None
+    #: The OTLP log export (``DEVKIT_LOGS_EXPORTER=otlp``).
+    log_export: LogExport | None = None
     #: Framework integrations and OpenTelemetry instrumentors that init() enabled.
     integrations: tuple[str, ...] = ()
     instrumentors: tuple[str, ...] = ()

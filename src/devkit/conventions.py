@@ -20,6 +20,7 @@ __all__ = [
     "ERRORS_TOTAL",
     "INTERNAL_ERRORS_TOTAL",
     "IN_PROGRESS",
+    "LOG_RECORDS_DROPPED_TOTAL",
     "LOOP_LAG",
     "MEMORY_LIMIT",
     "MEMORY_USAGE",
@@ -58,6 +59,8 @@ LOOP_LAG = "devkit_event_loop_lag_seconds"
 TRACES_SAMPLED_TOTAL = "devkit_traces_sampled_total"
 #: Spans dropped by devkit's bounded buffers, by ``reason``.
 SPANS_DROPPED_TOTAL = "devkit_spans_dropped_total"
+#: Log records the OTLP log export dropped, by ``reason`` (the JSON lines are not dropped).
+LOG_RECORDS_DROPPED_TOTAL = "devkit_log_records_dropped_total"
 #: Failures inside devkit that were counted instead of raised, by ``component`` and
 #: ``reason``.
 INTERNAL_ERRORS_TOTAL = "devkit_internal_errors_total"

@@ -179,6 +179,10 @@ class LogPipeline:
             self._binary = cast(IO[bytes], out)
         self._text: IO[str] | None = None if self._binary is not None else cast(IO[str], out)
         self._console = settings.log_format == "console"
+        #: Write the lines to the stream (``DEVKIT_LOGS_STDOUT``); taps get them anyway.
+        self._stdout = settings.logs_stdout
+        #: Called with each record's JSON line (``DEVKIT_LOGS_EXPORTER=otlp``).
+        self.export: Callable[[bytes], None] | None = None
         self._colors = self._console and bool(getattr(out, "isatty", lambda: False)())
         # The access record's constant parts, rendered once (see ``access``).
         self._service_json = orjson.dumps(self.service)
@@ -246,6 +250,9 @@ class LogPipeline:
     def render(self, record: dict[str, Any]) -> bytes:
         if self._console:
             return _render_console(record, self._colors).encode("utf-8", "replace")
+        return self._render_json(record)
+
+    def _render_json(self, record: dict[str, Any]) -> bytes:
         try:
             return orjson.dumps(record, default=_json_default, option=_JSON_OPTIONS)
         except (TypeError, orjson.JSONEncodeError) as exc:
@@ -253,12 +260,20 @@ class LogPipeline:
             _errors.report("logs", "unserialisable_record", exc)
             return orjson.dumps(_sanitize(record), default=str, option=_JSON_OPTIONS)
 
+    def _export(self, record: dict[str, Any], line: bytes) -> None:
+        """Hand ``record`` to the OTLP log export as its JSON line (the console format's
+        lines are not JSON)."""
+        assert self.export is not None
+        self.export(self._render_json(record) if self._console else line)
+
     def write(self, line: bytes) -> None:
         """One whole line per call: a buffered binary stream keeps concurrent lines whole
         by itself (its own lock); a text stream is written under the pipeline's lock."""
         binary = self._binary
         try:
-            if binary is not None:
+            if not self._stdout:
+                pass
+            elif binary is not None:
                 binary.write(line)
                 binary.flush()
             else:
@@ -336,6 +351,8 @@ class LogPipeline:
             self._access_generic(level, request, path, None)
             return
         self.write(line)
+        if self.export is not None:
+            self.export(line)
 
     def _access_generic(
         self, level: str, request: AccessRequest, path: str, exc: BaseException | None
@@ -382,7 +399,11 @@ class LogPipeline:
             return
         token = _IN_PIPELINE.set(True)
         try:
-            self.write(self.render(self.finalize(level, event, created, redact, ids)))
+            record = self.finalize(level, event, created, redact, ids)
+            line = self.render(record)
+            self.write(line)
+            if self.export is not None:
+                self._export(record, line)
         except Exception as exc:
             _errors.report("logs", "emit_failed", exc)
         finally:
@@ -401,7 +422,11 @@ class LogPipeline:
             if "logger" not in event:
                 event["logger"] = getattr(logger, "name", None)
             level = _LEVEL_OF_METHOD.get(method_name, "info")
-            return self.render(self.finalize(level, event))
+            record = self.finalize(level, event)
+            line = self.render(record)
+            if self.export is not None:
+                self._export(record, line)
+            return line
         except Exception as exc:
             _errors.report("logs", "emit_failed", exc)
             raise structlog.DropEvent from None

@@ -38,6 +38,7 @@ from devkit.conventions import (
     ERRORS_TOTAL,
     IN_PROGRESS,
     INTERNAL_ERRORS_TOTAL,
+    LOG_RECORDS_DROPPED_TOTAL,
     LOOP_LAG,
     REQUEST_LABELS,
     REQUESTS_TOTAL,
@@ -221,6 +222,12 @@ class RedMetrics:
             ("reason",),
             registry=registry,
         )
+        self.log_records_dropped = Counter(
+            LOG_RECORDS_DROPPED_TOTAL,
+            "Log records the OTLP log export dropped (stdout still has them).",
+            ("reason",),
+            registry=registry,
+        )
         self.traces_sampled = Counter(
             TRACES_SAMPLED_TOTAL,
             "Tail-sampling decisions by outcome.",
@@ -254,6 +261,7 @@ class RedMetrics:
             self.loop_lag,
             self.internal_errors,
             self.spans_dropped,
+            self.log_records_dropped,
             self.traces_sampled,
         ]
 
@@ -382,6 +390,10 @@ class RedMetrics:
         if child is None:
             child = self._drop_children[reason] = self.spans_dropped.labels(reason)
         child.inc(n)
+
+    def count_dropped_log_records(self, reason: str, n: int = 1) -> None:
+        # Off the request path (the export thread, or a full queue): no child cache.
+        self.log_records_dropped.labels(reason).inc(n)
 
     def count_trace_decision(self, decision: str, n: int = 1) -> None:
         """Called once per request (the root span's decision): label children cached."""

@@ -14,9 +14,9 @@ from opentelemetry.exporter.http.transport._urllib3 import Urllib3HTTPTransport
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+from devkit import _keepalive as transport_module
+from devkit._keepalive import KeepAliveTransport, use_keep_alive
 from devkit.testing import OTLPReceiver, Reply
-from devkit.tracing import _keepalive as transport_module
-from devkit.tracing._keepalive import KeepAliveTransport, use_keep_alive
 
 _PROXY_VARIABLES = (
     "HTTP_PROXY",

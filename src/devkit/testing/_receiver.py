@@ -22,16 +22,20 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
     )
+    from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+    from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
     from opentelemetry.proto.resource.v1.resource_pb2 import Resource
     from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 __all__ = ["OTLPReceiver", "Received", "Reply", "Traffic"]
 
-#: Where OTLP/HTTP exporters post traces, below the base endpoint.
+#: Where OTLP/HTTP exporters post traces and logs, below the base endpoint.
 _TRACES_PATH = "/v1/traces"
+_LOGS_PATH = "/v1/logs"
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class Traffic:
     requests: int
     bytes: int  # as on the wire, before Content-Encoding is undone
     spans: int | None  # None when trace bodies came but opentelemetry-proto is not importable
+    log_records: int | None = None  # the same for log bodies
 
 
 @dataclass(slots=True, eq=False)
@@ -79,6 +84,8 @@ class Received:
     client: tuple[str, int]
     _decoded: bool = field(default=False, init=False, repr=False)
     _message: ExportTraceServiceRequest | None = field(default=None, init=False, repr=False)
+    _logs_decoded: bool = field(default=False, init=False, repr=False)
+    _logs: ExportLogsServiceRequest | None = field(default=None, init=False, repr=False)
 
     @property
     def body(self) -> bytes:
@@ -94,6 +101,29 @@ class Received:
     def is_traces(self) -> bool:
         """Whether it was posted to an OTLP traces path (``.../v1/traces``)."""
         return self.path.partition("?")[0].rstrip("/").endswith(_TRACES_PATH)
+
+    @property
+    def is_logs(self) -> bool:
+        """Whether it was posted to an OTLP logs path (``.../v1/logs``)."""
+        return self.path.partition("?")[0].rstrip("/").endswith(_LOGS_PATH)
+
+    def logs_request(self) -> ExportLogsServiceRequest | None:
+        """The body decoded as OTLP logs, None when it does not decode as one (decoded
+        once, on first call)."""
+        if not self._logs_decoded:
+            from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+                ExportLogsServiceRequest,
+            )
+
+            message = ExportLogsServiceRequest()
+            try:
+                message.ParseFromString(self.body)
+            except Exception:
+                self._logs = None
+            else:
+                self._logs = message
+            self._logs_decoded = True
+        return self._logs
 
     def export_request(self) -> ExportTraceServiceRequest | None:
         """The body decoded as OTLP traces, None when it does not decode as one.
@@ -136,7 +166,8 @@ class OTLPReceiver:
 
     What it received (decoding happens here, on read): :meth:`received` (every request as
     it arrived), :meth:`connections`, :meth:`requests` (decoded trace exports),
-    :meth:`spans` (``(resource, span)`` pairs), :meth:`trace_ids`, :attr:`malformed`,
+    :meth:`spans` (``(resource, span)`` pairs), :meth:`trace_ids`, :meth:`log_requests`
+    and :meth:`log_records` (``(resource, scope, record)``), :attr:`malformed`,
     :meth:`wait_for`, and :meth:`take`, which hands over and forgets what arrived since
     its last call.
     """
@@ -216,6 +247,11 @@ class OTLPReceiver:
         """The traces URL, as in ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``."""
         return self.endpoint + _TRACES_PATH
 
+    @property
+    def logs_url(self) -> str:
+        """The logs URL, as in ``OTEL_EXPORTER_OTLP_LOGS_ENDPOINT``."""
+        return self.endpoint + _LOGS_PATH
+
     # -- reads -------------------------------------------------------------------------
 
     def received(self) -> list[Received]:
@@ -240,6 +276,21 @@ class OTLPReceiver:
             for resource_spans in request.resource_spans
             for scope_spans in resource_spans.scope_spans
             for span in scope_spans.spans
+        ]
+
+    def log_requests(self) -> list[ExportLogsServiceRequest]:
+        """The log exports received, decoded; malformed bodies are left out."""
+        decoded = (r.logs_request() for r in self.received() if r.is_logs)
+        return [message for message in decoded if message is not None]
+
+    def log_records(self) -> list[tuple[Resource, InstrumentationScope, LogRecord]]:
+        """Every received log record with its resource and instrumentation scope."""
+        return [
+            (resource_logs.resource, scope_logs.scope, record)
+            for request in self.log_requests()
+            for resource_logs in request.resource_logs
+            for scope_logs in resource_logs.scope_logs
+            for record in scope_logs.log_records
         ]
 
     def trace_ids(self) -> set[str]:
@@ -268,8 +319,9 @@ class OTLPReceiver:
         wire = sum(len(r.data) for r in taken)
         try:
             decoded = [r.export_request() for r in taken if r.is_traces]
+            logs = [r.logs_request() for r in taken if r.is_logs]
         except ImportError:
-            return Traffic(len(taken), wire, None)
+            return Traffic(len(taken), wire, None, None)
         spans = sum(
             len(scope_spans.spans)
             for message in decoded
@@ -277,7 +329,14 @@ class OTLPReceiver:
             for resource_spans in message.resource_spans
             for scope_spans in resource_spans.scope_spans
         )
-        return Traffic(len(taken), wire, spans)
+        records = sum(
+            len(scope_logs.log_records)
+            for message in logs
+            if message is not None
+            for resource_logs in message.resource_logs
+            for scope_logs in resource_logs.scope_logs
+        )
+        return Traffic(len(taken), wire, spans, records)
 
     # -- the request path --------------------------------------------------------------
 
