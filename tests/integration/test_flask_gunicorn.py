@@ -281,6 +281,22 @@ def test_openmetrics_scrape_carries_exemplars_of_exported_traces(run: Run) -> No
     assert set(exemplars) <= run.receiver.trace_ids()
 
 
+def test_wsgi_server_spans_carry_the_recommended_http_attributes(run: Run) -> None:
+    items = [
+        attributes(span)
+        for _, span in _server_spans(run.receiver)
+        if attributes(span).get("http.route", "").startswith("/items/")
+    ]
+    assert items
+    for got in items:
+        assert got["server.address"] == "127.0.0.1" and isinstance(got["server.port"], int)
+        assert got["client.address"] == got["network.peer.address"] == "127.0.0.1"
+        assert got["network.protocol.version"] == "1.1"
+        assert got["user_agent.original"].startswith("python-httpx/")
+        assert got["http.response.body.size"] > 0
+        assert "url.query" not in got
+
+
 def test_access_log_carries_correlation_and_trace(run: Run) -> None:
     for s in run.sent:
         access = run.access(s.cid)

@@ -129,6 +129,38 @@ def test_malformed_traceparent_starts_a_new_trace(receiver: OTLPReceiver, tmp_pa
     assert "0" * 32 not in ids
 
 
+def test_a_kept_server_span_carries_the_recommended_http_attributes(
+    receiver: OTLPReceiver, tmp_path: Path
+) -> None:
+    """Over a real HTTP/1.1 connection: the attributes the semantic conventions recommend,
+    and what the client sent redacted as the access log redacts it."""
+    port = free_port()
+    env = clean_env(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, DEVKIT_SAMPLE_SUCCESS_RATIO="1.0"
+    )
+    with serve(uvicorn_argv("examples.fastapi_app:app", port), env, tmp_path, port) as server:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            r = client.get(
+                "/items/7",
+                params={"page": "2", "api_key": "s3cr3t"},
+                headers={"User-Agent": "checkout-client/1.4 (ops@example.com)"},
+            )
+            assert r.status_code == 200 and r.http_version == "HTTP/1.1"
+            body_size = len(r.content)
+        server.stop(signal.SIGTERM)
+    (span,) = [s for _, s in receiver.spans() if s.kind == PbSpan.SPAN_KIND_SERVER]
+    got = attributes(span)
+    assert got["url.query"] == "page=[REDACTED]&api_key=[REDACTED]"
+    assert got["user_agent.original"] == "checkout-client/1.4 ([REDACTED:email])"
+    assert got["network.protocol.version"] == "1.1"
+    assert (got["server.address"], got["server.port"]) == ("127.0.0.1", port)
+    assert got["client.address"] == got["network.peer.address"] == "127.0.0.1"
+    assert 0 < got["network.peer.port"] < 65536 and got["network.peer.port"] != port
+    assert got["http.response.body.size"] == body_size
+    assert got["url.path"] == "/items/7" and got["http.route"] == "/items/{item_id}"
+    assert b"s3cr3t" not in b"".join(r.body for r in receiver.received())
+
+
 def test_two_services_share_one_trace_and_correlation_id(
     receiver: OTLPReceiver, tmp_path: Path
 ) -> None:

@@ -28,6 +28,9 @@ def start_request(
     req.route = UNMATCHED_ROUTE
     req.status = 0
     req.error_type = None
+    req.query = ""
+    req.source = None
+    req.response_headers = None
     return factory.start_request(req, parent)
 
 

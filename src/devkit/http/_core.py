@@ -35,7 +35,7 @@ from devkit import _compat, _context, _errors
 from devkit.config import UNMATCHED_ROUTE, Settings
 from devkit.health import HealthRegistry
 from devkit.http._endpoints import Endpoints
-from devkit.logs import LogPipeline
+from devkit.logs import MAX_LOGGED_PATH, LogPipeline, redact_query
 from devkit.metrics import STANDARD_METHODS, RedMetrics
 from devkit.tracing._span import ServerSpan
 from devkit.tracing.propagation import extract
@@ -45,6 +45,7 @@ __all__ = [
     "ACTIVE_KEY",
     "CORRELATION_HEADER",
     "EXCEPTION_KEY",
+    "MAX_HEADER_ATTRIBUTE",
     "MAX_PENDING",
     "ROUTE_KEY",
     "Core",
@@ -120,6 +121,8 @@ class Request:
         "in_progress",
         "token",
         "cid_token",
+        "source",
+        "response_headers",
     )
 
     # -- from the request (begin) -----------------------------------------------------------
@@ -161,6 +164,203 @@ class Request:
     in_progress: Any
     token: Token[Context] | None
     cid_token: Token[str | None]
+    # -- raw, read only for kept traces (:meth:`http_details`) ----------------------------------
+    #: The ASGI scope, or the WSGI environ (Django's ``META``).
+    source: Mapping[str, Any] | None
+    #: The response's headers as the adapter saw them: ASGI ``(bytes, bytes)`` pairs,
+    #: WSGI ``(str, str)`` pairs, or Django's header mapping.
+    response_headers: Any
+
+    def http_details(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The HTTP semantic conventions' recommended server span attributes, read from
+        the raw request when a kept trace is exported: ``(devkit's own values, values
+        the client sent)``. The span redacts the second."""
+        source = self.source
+        if source is None:
+            return {}, {}
+        if "REQUEST_METHOD" in source:
+            return _environ_details(source, self.scheme, self.query, self.response_headers)
+        return _scope_details(source, self.scheme, self.query, self.response_headers)
+
+
+#: The longest value a header gives a span attribute (user agent, addresses); cut beyond.
+MAX_HEADER_ATTRIBUTE = 1024
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _scope_details(
+    scope: Mapping[str, Any], scheme: str, query: str, response_headers: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    found: dict[bytes, str] = {}
+    for name, value in scope.get("headers", ()):
+        if name in _DETAIL_HEADERS and name not in found:
+            found[name] = value.decode("latin-1")
+    peer = scope.get("client")
+    server = scope.get("server")
+    return _details(
+        scheme,
+        query,
+        found.get(b"forwarded"),
+        found.get(b"x-forwarded-host"),
+        found.get(b"host"),
+        found.get(b"x-forwarded-for"),
+        found.get(b"user-agent"),
+        found.get(b"content-length"),
+        scope.get("http_version"),
+        (str(peer[0]), peer[1]) if peer else None,
+        (str(server[0]), server[1]) if server and server[1] is not None else None,
+        response_headers,
+    )
+
+
+_DETAIL_HEADERS = frozenset(
+    {b"forwarded", b"x-forwarded-host", b"host", b"x-forwarded-for", b"user-agent"}
+    | {b"content-length"}
+)
+
+
+def _environ_details(
+    environ: Mapping[str, Any], scheme: str, query: str, response_headers: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    get = environ.get
+    protocol = get("SERVER_PROTOCOL")
+    peer_address, peer_port = get("REMOTE_ADDR"), get("REMOTE_PORT")
+    server_name, server_port = get("SERVER_NAME"), get("SERVER_PORT")
+    return _details(
+        scheme,
+        query,
+        get("HTTP_FORWARDED"),
+        get("HTTP_X_FORWARDED_HOST"),
+        get("HTTP_HOST"),
+        get("HTTP_X_FORWARDED_FOR"),
+        get("HTTP_USER_AGENT"),
+        get("CONTENT_LENGTH"),
+        protocol.partition("/")[2] if isinstance(protocol, str) else None,
+        (str(peer_address), peer_port) if peer_address else None,
+        (str(server_name), server_port) if server_name and server_port else None,
+        response_headers,
+    )
+
+
+def _details(
+    scheme: str,
+    query: str,
+    forwarded: str | None,
+    forwarded_host: str | None,
+    host: str | None,
+    forwarded_for: str | None,
+    user_agent: str | None,
+    request_length: str | None,
+    version: str | None,
+    peer: tuple[str, Any] | None,
+    server: tuple[str, Any] | None,
+    response_headers: Any,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The semantic conventions' order: ``Forwarded``, ``X-Forwarded-*``, then the
+    request's own ``Host`` and the socket."""
+    own: dict[str, Any] = {}
+    sent: dict[str, Any] = {}
+    forwarded_for_host = forwarded_by_host = None
+    if forwarded:
+        forwarded_for_host, forwarded_by_host = _forwarded(forwarded)
+    authority = forwarded_by_host or _first(forwarded_host) or host
+    if authority:
+        address, port = _split_host(authority)
+        if address:
+            sent["server.address"] = address[:MAX_HEADER_ATTRIBUTE]
+            own["server.port"] = port if port is not None else _DEFAULT_PORTS.get(scheme)
+    elif server is not None:
+        sent["server.address"] = server[0][:MAX_HEADER_ATTRIBUTE]
+        own["server.port"] = _port(server[1])
+    client = forwarded_for_host or _split_host(_first(forwarded_for) or "")[0]
+    if client:
+        sent["client.address"] = client[:MAX_HEADER_ATTRIBUTE]
+    if peer is not None:
+        sent["network.peer.address"] = peer[0][:MAX_HEADER_ATTRIBUTE]
+        own["network.peer.port"] = _port(peer[1])
+        sent.setdefault("client.address", sent["network.peer.address"])
+    if user_agent:
+        sent["user_agent.original"] = user_agent[:MAX_HEADER_ATTRIBUTE]
+    if version:
+        own["network.protocol.version"] = str(version)[:16]
+    if query:
+        sent["url.query"] = redact_query(query[:MAX_LOGGED_PATH])
+    size = _number(request_length)
+    if size is not None:
+        own["http.request.body.size"] = size
+    size = _response_length(response_headers)
+    if size is not None:
+        own["http.response.body.size"] = size
+    return {k: v for k, v in own.items() if v is not None}, sent
+
+
+def _first(header: str | None) -> str | None:
+    """The first of a comma-separated header's values (the client's, for proxies that
+    append)."""
+    if not header:
+        return None
+    return header.partition(",")[0].strip() or None
+
+
+def _forwarded(header: str) -> tuple[str | None, str | None]:
+    """``for`` (its address without a port) and ``host`` of the first element of an RFC
+    7239 ``Forwarded`` header."""
+    client = host = None
+    for pair in header.partition(",")[0].split(";"):
+        key, _, value = pair.strip().partition("=")
+        value = value.strip().strip('"')
+        key = key.strip().lower()
+        if key == "for" and value:
+            client = _split_host(value)[0]
+        elif key == "host" and value:
+            host = value
+    return client, host
+
+
+def _split_host(authority: str) -> tuple[str, int | None]:
+    """``host[:port]`` (``[v6]:port`` too) as (host, port or None)."""
+    authority = authority.strip()
+    if authority.startswith("["):
+        address, _, rest = authority[1:].partition("]")
+        return address, _port(rest[1:]) if rest.startswith(":") else None
+    if authority.count(":") == 1:
+        address, _, port = authority.partition(":")
+        return address, _port(port)
+    return authority, None  # a name, an IPv4 address, or a bare IPv6 one
+
+
+def _port(value: Any) -> int | None:
+    return _number(value, 65535)
+
+
+def _number(value: Any, limit: int = 1 << 62) -> int | None:
+    """A non-negative integer up to ``limit`` from an int or decimal text, else None."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit() and len(value) < 20:
+        number = int(value)
+    else:
+        return None
+    return number if 0 <= number <= limit else None
+
+
+def _response_length(headers: Any) -> int | None:
+    """``Content-Length`` of the response: absent for a streamed body (not known)."""
+    if headers is None:
+        return None
+    if isinstance(headers, list | tuple):
+        for name, value in headers:
+            if isinstance(name, bytes):
+                name = name.decode("latin-1")
+            if isinstance(name, str) and name.lower() == "content-length":
+                return _number(value)
+        return None
+    try:
+        return _number(headers.get("Content-Length"))
+    except Exception:
+        return None
 
 
 class Core:
@@ -248,6 +448,7 @@ class Core:
                     return found.get(name.encode("latin-1"), _NO_VALUES)
 
         req = Request()
+        req.source = scope
         req.method = method = scope["method"]
         req.scheme = scope.get("scheme", "http")
         req.path = scope["path"]
@@ -262,6 +463,7 @@ class Core:
         """Open the record of a WSGI request (or a Django request, whose ``META`` is an
         environ; Django passes the path and scheme it decoded itself)."""
         req = Request()
+        req.source = environ
         req.method = method = environ.get("REQUEST_METHOD", "GET")
         req.scheme = scheme or environ.get("wsgi.url_scheme", "http")
         req.path = path or environ.get("PATH_INFO") or "/"
@@ -291,6 +493,7 @@ class Core:
         req.exc = None
         req.created = None
         req.exemplar = None
+        req.response_headers = None
         method_label = method if method in STANDARD_METHODS else "_OTHER"
         req.method_label = method_label
         self._in_flight += 1
@@ -454,7 +657,11 @@ class Core:
                 req.error_type = None
             assert self.server_spans is not None
             kept = self.server_spans.end_request(span, span.start_time + int(duration * 1e9))
-            if kept and self.exemplars:
+            if not kept:
+                # The span of a dropped trace may outlive the request (late children):
+                # it must not hold on to the scope, a large graph.
+                req.source = req.response_headers = None
+            elif self.exemplars:
                 req.exemplar = "%032x" % req.trace_id
 
         if self.metrics is not None:

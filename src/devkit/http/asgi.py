@@ -95,7 +95,10 @@ class ASGIMiddleware:
             # message (the app awaits what it gets back, which is the same thing).
             if message["type"] == "http.response.start":
                 req.status = message["status"]
-                message["headers"] = [*message.get("headers", ()), cid_header]
+                req.response_headers = message["headers"] = [
+                    *message.get("headers", ()),
+                    cid_header,
+                ]
             return send(message)
 
         try:

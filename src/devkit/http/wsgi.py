@@ -75,6 +75,7 @@ class WSGIMiddleware:
             except ValueError:
                 req.status = 500
             headers.append(cid_header)
+            req.response_headers = headers
             if exc_info is not None:
                 return start_response(status, headers, exc_info)
             return start_response(status, headers)

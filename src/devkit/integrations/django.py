@@ -60,6 +60,7 @@ class DevkitMiddleware:
         response[CORRELATION_HEADER] = req.cid
         _log_response_in_context(request, response)
         req.status, req.exc = response.status_code, getattr(request, _EXC_ATTR, None)
+        req.response_headers = getattr(response, "headers", None)
         core.finish(req, _route(request))
         return response
 

@@ -73,6 +73,10 @@ class RequestFields(Protocol):
     status: int
     error_type: str | None
 
+    def http_details(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """More attributes, read at export: (devkit's own values, values the client sent)."""
+        ...
+
 
 def _ended_unknown(on_end: Callable[[Any], None]) -> Callable[..., bool]:
     def on_root_end(span: Any, error: bool, *_: object) -> bool:
@@ -174,14 +178,16 @@ class ServerSpan(Span):
             method = request.method_label
             original = request.method[:64] if method == "_OTHER" else None
             scheme, path, cid = request.scheme, request.path, request.cid
+            own, sent = request.http_details()
             if redact is not None:
-                untrusted: dict[str, Any] = {"url.path": path, "correlation.id": cid}
+                untrusted: dict[str, Any] = {"url.path": path, "correlation.id": cid, **sent}
                 if original is not None:
                     untrusted["http.request.method_original"] = original
                 if extra:
                     untrusted.update(extra)  # the application's values win, as below
                 extra = redact(untrusted)
                 path, cid = extra.pop("url.path"), extra.pop("correlation.id")
+                sent = {key: extra.pop(key) for key in sent}
                 if original is not None:
                     original = extra.pop("http.request.method_original")
             out["http.request.method"] = method
@@ -190,6 +196,8 @@ class ServerSpan(Span):
             out["url.scheme"] = scheme
             out["url.path"] = path
             out["correlation.id"] = cid
+            out.update(sent)
+            out.update(own)
         if request is not None and self._finished:
             out["http.response.status_code"] = request.status
             if request.route != UNMATCHED_ROUTE:
