@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-EXTRAS := dev,otlp,fastapi,flask,django,bench,slo
+EXTRAS := dev,otlp,fastapi,flask,django,bench,slo,canary
 
 .PHONY: test lint typecheck unit demo bench bench-quick bench-paired clean
 

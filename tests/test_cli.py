@@ -91,7 +91,7 @@ def test_a_command_module_plugs_in_with_add_parser_and_run(
     seen: list[str] = []
 
     def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Any:
-        parser = commands.add_parser("canary")
+        parser = commands.add_parser("plugin")
         parser.add_argument("spec")
         return parser
 
@@ -99,9 +99,9 @@ def test_a_command_module_plugs_in_with_add_parser_and_run(
         seen.append(args.spec)
         return 3
 
-    canary = types.SimpleNamespace(add_parser=add_parser, run=run)
-    monkeypatch.setattr(cli, "_COMMANDS", (*cli._COMMANDS, canary))
-    assert main(["canary", "shop.yaml"]) == 3
+    plugin = types.SimpleNamespace(add_parser=add_parser, run=run)
+    monkeypatch.setattr(cli, "_COMMANDS", (*cli._COMMANDS, plugin))
+    assert main(["plugin", "shop.yaml"]) == 3
     assert seen == ["shop.yaml"]
 
 

@@ -9,10 +9,10 @@ command plugs in by being listed in ``_COMMANDS`` and touches no other:
   command with subcommands dispatches on its own ``dest``).
 
 The commands: ``version``, ``doctor`` (:mod:`devkit.cli.doctor`), ``demo``
-(:mod:`devkit.cli.demo`), ``slo`` (:mod:`devkit.cli.slo`) and ``dashboard``
-(:mod:`devkit.cli.dashboard`). Each imports only the standard library until it runs, so
-the command line starts fast and works wherever devkit is installed; those that need an
-extra say which.
+(:mod:`devkit.cli.demo`), ``slo`` (:mod:`devkit.cli.slo`), ``dashboard``
+(:mod:`devkit.cli.dashboard`) and ``canary`` (:mod:`devkit.cli.canary`). Each imports
+only the standard library until it runs, so the command line starts fast and works
+wherever devkit is installed; those that need an extra say which.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from devkit.cli import dashboard, demo, doctor, slo, version
+from devkit.cli import canary, dashboard, demo, doctor, slo, version
 from devkit.cli._command import Command
 
 __all__ = ["main"]
 
 # In the order ``devkit --help`` lists them.
-_COMMANDS: tuple[Command, ...] = (version, doctor, demo, slo, dashboard)
+_COMMANDS: tuple[Command, ...] = (version, doctor, demo, slo, dashboard, canary)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -401,21 +401,30 @@ def run(
     ``promtool test rules`` on them: (passed, what promtool printed)."""
     import yaml
 
+    files = {"rules.yml": rules.render(rules.rule_groups(slo_file))}
+    tests = test_files(slo_file, "rules.yml")
+    for name, content in tests.items():
+        files[name] = yaml.safe_dump(content, sort_keys=False, width=1000)
+    return _promtool_test(files, list(tests), directory, promtool)
+
+
+def _promtool_test(
+    files: dict[str, str], tests: list[str], directory: Path | None, promtool: str
+) -> tuple[bool, str]:
+    """Write ``files`` (name -> text) and run ``promtool test rules`` on ``tests`` among
+    them (the canary's rule tests run the same way)."""
     binary = shutil.which(promtool)
     if binary is None:
         raise PromtoolMissing(
             f"{promtool} not found: it comes with Prometheus (Debian: apt-get install prometheus)"
         )
-    with tempfile.TemporaryDirectory(prefix="devkit-slo-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="devkit-rules-") as tmp:
         where = directory or Path(tmp)
         where.mkdir(parents=True, exist_ok=True)
-        (where / "rules.yml").write_text(rules.render(rules.rule_groups(slo_file)), "utf-8")
-        files = test_files(slo_file, "rules.yml")
-        for name, content in files.items():
-            text = yaml.safe_dump(content, sort_keys=False, width=1000)
+        for name, text in files.items():
             (where / name).write_text(text, "utf-8")
         result = subprocess.run(
-            [binary, "test", "rules", *files],
+            [binary, "test", "rules", *tests],
             cwd=where,
             capture_output=True,
             text=True,

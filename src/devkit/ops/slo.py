@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -57,6 +57,10 @@ class SLOFileError(DevkitError, ValueError):
         self.source = source
         self.where = where
         super().__init__(f"{source}: {where}: {message}" if where else f"{source}: {message}")
+
+
+#: What a file checker raises: built from (file, item and field, message).
+_FileError = Callable[[str, str, str], Exception]
 
 
 @dataclass(frozen=True)
@@ -191,31 +195,37 @@ def schema() -> dict[str, Any]:
 
 def load(path: str | Path, *, buckets: Sequence[float] = DEFAULT_BUCKETS) -> SLOFile:
     """Read and validate an SLO file (YAML or JSON)."""
+    return parse(_read(path, SLOFileError, "slo"), str(path), buckets=buckets)
+
+
+def _read(path: str | Path, error: _FileError, extra: str) -> object:
+    """The data of a YAML or JSON file (YAML needs PyYAML, which ``extra`` installs); every
+    failure an ``error`` naming the file (the canary's gates file is read the same way)."""
     source = str(path)
     try:
         text = Path(path).read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SLOFileError(source, "", f"cannot be read: {exc}") from None
+        raise error(source, "", f"cannot be read: {exc}") from None
     try:
         import yaml
     except ImportError:
         if not source.endswith(".json"):
-            raise SLOFileError(
-                source, "", "reading YAML needs PyYAML: pip install 'devkit-observability[slo]'"
+            raise error(
+                source,
+                "",
+                f"reading YAML needs PyYAML: pip install 'devkit-observability[{extra}]'",
             ) from None
         try:
-            data = json.loads(text)
+            return json.loads(text)
         except ValueError as exc:
-            raise SLOFileError(source, "", f"not valid JSON: {exc}") from None
-    else:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise SLOFileError(source, where, f"not valid YAML: {problem}") from None
-    return parse(data, source, buckets=buckets)
+            raise error(source, "", f"not valid JSON: {exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise error(source, where, f"not valid YAML: {problem}") from None
 
 
 def parse(
@@ -359,13 +369,14 @@ def _parse_alerting(check: _Checker, where: str, value: object) -> Alerting:
 
 
 class _Checker:
-    """Raises :class:`SLOFileError` naming this file."""
+    """Raises :class:`SLOFileError` (or the ``error`` given) naming this file."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, error: _FileError = SLOFileError) -> None:
         self.source = source
+        self.error = error
 
     def fail(self, where: str, value: object, expected: str) -> NoReturn:
-        raise SLOFileError(self.source, where, f"{value!r} is invalid: expected {expected}")
+        raise self.error(self.source, where, f"{value!r} is invalid: expected {expected}")
 
     def mapping(self, value: object, where: str, expected: str) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -375,7 +386,7 @@ class _Checker:
     def only(self, value: Mapping[str, Any], where: str, allowed: set[str]) -> None:
         unknown = sorted(str(k) for k in value if k not in allowed)
         if unknown:
-            raise SLOFileError(
+            raise self.error(
                 self.source,
                 f"{where}: {unknown[0]}" if where else unknown[0],
                 "unknown field; expected one of " + ", ".join(sorted(allowed)),
