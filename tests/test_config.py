@@ -37,6 +37,8 @@ def test_every_spec_variable_is_read() -> None:
         "DEVKIT_SAMPLE_SUCCESS_RATIO": "0.25",
         "DEVKIT_SLOW_THRESHOLD_MS": "150",
         "DEVKIT_TAIL_SAMPLING": "collector",
+        "DEVKIT_TRACE_RESPONSE": "no",
+        "DEVKIT_TRUSTED_TRACE_RESPONSES": "api.internal, *.svc.cluster.local",
         "DEVKIT_METRICS_PATH": "/internal/metrics",
         "DEVKIT_METRICS_PORT": "9464",
         "DEVKIT_HEALTH_PATH": "/health",
@@ -53,6 +55,8 @@ def test_every_spec_variable_is_read() -> None:
     assert s.redact_salt == "s3cr3t-salt" and s.redact_ip is True
     assert s.traces_exporter == "console" and s.sample_success_ratio == 0.25
     assert s.logs_exporter == "otlp" and s.logs_stdout is False
+    assert s.trace_response is False
+    assert s.trusted_trace_responses == ("api.internal", "*.svc.cluster.local")
     assert s.slow_threshold_ms == 150 and s.tail_sampling == "collector"
     assert s.metrics_path == "/internal/metrics" and s.metrics_port == 9464
     assert s.health_path == "/health" and s.liveness_timeout_s == 5
@@ -358,3 +362,16 @@ def test_sources_of_effective_values() -> None:
     assert source_of(by_name["DEVKIT_SERVICE_NAME"], resource) == (
         "environment, OTEL_RESOURCE_ATTRIBUTES"
     )
+
+
+@pytest.mark.parametrize(
+    "value", ["http://api.internal", "api internal", "*", "none", "a.b,*.c.d", ""]
+)
+def test_trusted_trace_responses(value: str) -> None:
+    env = {"DEVKIT_TRUSTED_TRACE_RESPONSES": value}
+    if value.startswith("http") or " " in value:
+        with pytest.raises(devkit.ConfigError, match="DEVKIT_TRUSTED_TRACE_RESPONSES"):
+            Settings.from_env(env)
+        return
+    expected = {"*": ("*",), "none": (), "": ("*",)}.get(value, tuple(value.split(",")))
+    assert Settings.from_env(env).trusted_trace_responses == expected

@@ -174,7 +174,13 @@ def _build(state: State) -> None:
     state.integrations = tuple(names)
     for undo in undos:
         closers.append(("integrations", _ignore_timeout(undo)))
-    instrumentors, undo_instrumentors = install_instrumentors(settings)
+    from devkit.tracing.downstream import TraceResponses
+
+    responses = TraceResponses(
+        tracing.processor.mark_downstream_keep, settings.trusted_trace_responses
+    )
+    hooks = responses.hooks() if settings.trusted_trace_responses else None
+    instrumentors, undo_instrumentors = install_instrumentors(settings, hooks)
     state.instrumentors = tuple(instrumentors)
     closers.append(("tracing", lambda _t: undo_instrumentors()))
 

@@ -192,6 +192,19 @@ VARIABLES: tuple[Variable, ...] = (
         "DEVKIT_SLOW_THRESHOLD_MS", "slow_threshold_ms", "300", "keep traces at least this slow"
     ),
     Variable("DEVKIT_TAIL_SAMPLING", "tail_sampling", "local", "local, collector"),
+    Variable(
+        "DEVKIT_TRACE_RESPONSE",
+        "trace_response",
+        "true",
+        "answer with the W3C `server-timing: trace;desc=...` metric (false: no header)",
+    ),
+    Variable(
+        "DEVKIT_TRUSTED_TRACE_RESPONSES",
+        "trusted_trace_responses",
+        "`*`",
+        "hosts whose `trace` server-timing keeps the local trace: `*`, `none`, or "
+        "comma-separated host names and `*.domain` suffixes",
+    ),
     Variable("DEVKIT_METRICS_PATH", "metrics_path", "/metrics", "exposition path"),
     Variable("DEVKIT_METRICS_PORT", "metrics_port", "unset", "serve metrics on their own port"),
     Variable("DEVKIT_HEALTH_PATH", "health_path", "/healthz", "probe prefix"),
@@ -235,6 +248,8 @@ class Settings:
     sample_success_ratio: float = 0.1
     slow_threshold_ms: float = 300.0
     tail_sampling: Literal["local", "collector"] = "local"
+    trace_response: bool = True
+    trusted_trace_responses: tuple[str, ...] = ("*",)
     metrics_path: str = "/metrics"
     metrics_port: int | None = None
     health_path: str = "/healthz"
@@ -524,6 +539,22 @@ def _traces_exporter(name: str, raw: object) -> str:
     return _env.parse_choice(name, raw, ("otlp", "console", "none"))
 
 
+_HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]")
+
+
+def _trusted_hosts(name: str, raw: object) -> tuple[str, ...]:
+    """``*`` (every host), ``none`` (no host), or host names, ``*.domain`` suffixes and
+    IP addresses, lower case."""
+    hosts = tuple(host.lower() for host in _env.parse_list(name, raw))
+    if hosts in (("*",), ("none",)):
+        return () if hosts == ("none",) else hosts
+    if not hosts or not all(_HOST_PATTERN.fullmatch(host) for host in hosts):
+        raise ConfigError(
+            name, raw, "*, none, or comma-separated host names and *.domain suffixes"
+        )
+    return hosts
+
+
 def _logs_exporter(name: str, raw: object) -> str:
     return _env.parse_choice(
         name,
@@ -550,6 +581,8 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "sample_success_ratio": lambda n, r: _env.parse_float(n, r, minimum=0.0, maximum=1.0),
     "slow_threshold_ms": lambda n, r: _env.parse_float(n, r, minimum=0.0, exclusive_minimum=True),
     "tail_sampling": _choice("local", "collector"),
+    "trace_response": _env.parse_bool,
+    "trusted_trace_responses": lambda n, r: _trusted_hosts(n, r),
     "metrics_path": _env.parse_path,
     "metrics_port": lambda n, r: _env.parse_int(n, r, minimum=1, maximum=65535),
     "health_path": _env.parse_path,

@@ -143,6 +143,19 @@ def test_statuses_and_correlation_id_echo(run: Run) -> None:
         assert HEX32.fullmatch(response.headers["x-correlation-id"])
 
 
+def test_responses_carry_the_trace_metric_of_their_exported_span(run: Run) -> None:
+    from devkit.tracing.propagation import parse_trace_metric
+
+    spans = {span.span_id.hex(): span for _, span in run.receiver.spans()}
+    for cid, response in run.responses.items():
+        metric = parse_trace_metric(response.headers.get_list("server-timing"))
+        assert metric is not None, cid
+        trace_id, span_id, flags = metric
+        assert flags & 0x01, cid  # the ratio is 1: every trace is kept and exported
+        span = spans["%016x" % span_id]
+        assert span.trace_id.hex() == "%032x" % trace_id
+
+
 def test_route_labels_come_from_the_url_pattern(run: Run) -> None:
     text = run.metrics
     get = "GET"

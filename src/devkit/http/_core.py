@@ -29,7 +29,7 @@ from typing import Any
 
 from opentelemetry import baggage, context
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import SpanContext, StatusCode
 
 from devkit import _compat, _context, _errors
 from devkit.config import UNMATCHED_ROUTE, Settings
@@ -38,8 +38,9 @@ from devkit.http._endpoints import Endpoints
 from devkit.logs import MAX_LOGGED_PATH, LogPipeline, redact_query
 from devkit.metrics import STANDARD_METHODS, RedMetrics
 from devkit.tracing._span import ServerSpan
-from devkit.tracing.propagation import extract
+from devkit.tracing.propagation import extract, format_trace_metric
 from devkit.tracing.provider import Tracing
+from devkit.tracing.sampling import UNSET_STATUS
 
 __all__ = [
     "ACTIVE_KEY",
@@ -402,6 +403,12 @@ class Core:
         self._context_reset = var.reset if var is not None else context.detach
         self._in_flight = 0
         self.started_requests = 0
+        # The trace context server-timing metric (DEVKIT_TRACE_RESPONSE): the sampled flag
+        # says whether this service will export the trace (see server_timing).
+        self.trace_response = settings.trace_response and tracing is not None
+        self._records_traces = tracing is not None and tracing.exports
+        self._processor = tracing.processor if tracing is not None else None
+        self._slow_s = settings.slow_threshold_ms / 1000.0
         #: The last loop ``finish_soon`` ran on and its queue of callbacks (one pair, so
         #: that threads with loops of their own never read one's loop with another's).
         self._loop_queue: tuple[object, Sized] = (None, ())
@@ -545,6 +552,38 @@ class Core:
             }
             return propagate.extract(carrier)
         return extract(get_header)
+
+    # -- the response ------------------------------------------------------------------------
+
+    def server_timing(self, req: Request) -> str | None:
+        """The ``trace`` server-timing metric for the response ``req`` is starting, or None
+        (no header: DEVKIT_TRACE_RESPONSE off, or no span).
+
+        The sampled flag is set when the tail sampler will keep the trace, which is known
+        at this point for all but what happens after the headers: the trace was sampled
+        (ratio or parent), the status is a 5xx, the app marked its span as failed, an error
+        span of the trace already ended, a downstream service keeps it, or the request is
+        already as slow as the threshold. Every one of them still holds when the request
+        ends, so a flag sent is a promise kept. The random-trace-id flag is the trace's.
+        """
+        span = req.span
+        if span is None or not self.trace_response:
+            return None
+        flags = span.context.trace_flags & 0x02
+        if self._records_traces and self._will_keep(req, span):
+            flags |= 0x01
+        return format_trace_metric(req.trace_id, req.span_id, flags)
+
+    def _will_keep(self, req: Request, span: ServerSpan) -> bool:
+        if span.sampled or req.status >= 500:
+            return True
+        status = span.status
+        if status is not UNSET_STATUS and status.status_code is StatusCode.ERROR:
+            return True
+        if _perf_counter() - req.start >= self._slow_s:
+            return True
+        processor = self._processor
+        return processor is not None and processor.keeps_so_far(req.trace_id)
 
     # -- finish -----------------------------------------------------------------------------
 

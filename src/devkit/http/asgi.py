@@ -24,6 +24,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _CID_HEADER = b"x-correlation-id"
+_SERVER_TIMING = b"server-timing"
 
 
 def _route_of(scope: Scope) -> str | None:
@@ -95,10 +96,12 @@ class ASGIMiddleware:
             # message (the app awaits what it gets back, which is the same thing).
             if message["type"] == "http.response.start":
                 req.status = message["status"]
-                req.response_headers = message["headers"] = [
-                    *message.get("headers", ()),
-                    cid_header,
-                ]
+                headers = [*message.get("headers", ()), cid_header]
+                timing = core.server_timing(req) if core.trace_response else None
+                if timing is not None:
+                    # A field of its own: the app's server-timing metrics stay as they are.
+                    headers.append((_SERVER_TIMING, timing.encode("ascii")))
+                req.response_headers = message["headers"] = headers
             return send(message)
 
         try:

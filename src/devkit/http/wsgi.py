@@ -75,6 +75,11 @@ class WSGIMiddleware:
             except ValueError:
                 req.status = 500
             headers.append(cid_header)
+            if core.trace_response:
+                timing = core.server_timing(req)
+                if timing is not None:
+                    # A field of its own: the app's server-timing metrics stay as they are.
+                    headers.append(("Server-Timing", timing))
             req.response_headers = headers
             if exc_info is not None:
                 return start_response(status, headers, exc_info)

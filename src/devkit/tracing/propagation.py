@@ -116,15 +116,19 @@ __all__ = [
     "BAGGAGE_HEADER",
     "MAX_BAGGAGE_BYTES",
     "MAX_BAGGAGE_MEMBERS",
+    "MAX_SERVER_TIMING_CHARS",
     "MAX_TRACESTATE_MEMBERS",
+    "SERVER_TIMING_HEADER",
     "TRACEPARENT_HEADER",
     "TRACESTATE_HEADER",
     "W3CPropagator",
     "extract",
     "format_baggage",
+    "format_trace_metric",
     "format_traceparent",
     "format_tracestate",
     "parse_baggage",
+    "parse_trace_metric",
     "parse_traceparent",
     "parse_tracestate",
 ]
@@ -231,6 +235,80 @@ def format_traceparent(span_context: SpanContext) -> str:
         return ""
     flags = span_context.trace_flags & _KNOWN_FLAGS
     return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{flags:02x}"
+
+
+# -- the trace context server-timing metric -----------------------------------------------------
+
+SERVER_TIMING_HEADER = "server-timing"
+#: The most of a response's ``server-timing`` fields read for the ``trace`` metric.
+MAX_SERVER_TIMING_CHARS = 4096
+_TRACE_METRIC = "trace;desc=00-%032x-%016x-%02x"
+
+
+def format_trace_metric(trace_id: int, span_id: int, flags: int) -> str:
+    """The ``trace`` metric of a ``server-timing`` response field (W3C Trace Context,
+    "Trace Context Server Timing Metric Format"), version 00."""
+    return _TRACE_METRIC % (trace_id, span_id, flags & _KNOWN_FLAGS)
+
+
+def _split_outside_quotes(text: str, separator: str) -> list[str]:
+    """``text`` split at ``separator`` where it is not inside a quoted-string."""
+    parts: list[str] = []
+    start = 0
+    quoted = escaped = False
+    for i, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == separator and not quoted:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _unquote(value: str) -> str:
+    value = value.strip(_OWS)
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        out, escaped = [], False
+        for char in value[1:-1]:
+            if escaped or char != "\\":
+                out.append(char)
+                escaped = False
+            else:
+                escaped = True
+        return "".join(out)
+    return value
+
+
+def parse_trace_metric(values: Sequence[str]) -> tuple[int, int, int] | None:
+    """``(trace_id, span_id, known_flags)`` of the first ``trace`` metric in the received
+    ``server-timing`` field values, or None when there is none or it is malformed.
+
+    ``server-timing`` is a list of ``name;param=value`` metrics (W3C Server Timing); the
+    metric name is case-insensitive and ``desc`` may be a quoted-string. The description
+    follows the ``traceparent`` grammar (version ``ff`` invalid, all-zero ids invalid, a
+    later version's extra fields ignored). At most ``MAX_SERVER_TIMING_CHARS`` characters
+    of the fields are read.
+    """
+    if isinstance(values, str):
+        values = (values,)
+    text = ",".join(values)[:MAX_SERVER_TIMING_CHARS]
+    if "trace" not in text.lower():
+        return None
+    for metric in _split_outside_quotes(text, ","):
+        name, _, params = metric.partition(";")
+        if name.strip(_OWS).lower() != "trace":
+            continue
+        for param in _split_outside_quotes(params, ";"):
+            key, _, value = param.partition("=")
+            if key.strip(_OWS).lower() == "desc":
+                return _traceparent_fields((_unquote(value),))
+        return None
+    return None
 
 
 # -- tracestate ------------------------------------------------------------------------------

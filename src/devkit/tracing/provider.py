@@ -282,12 +282,15 @@ def install_propagator(propagator: Any, settings: Settings) -> Callable[[], None
     return lambda: propagate.set_global_textmap(previous)
 
 
-def install_instrumentors(settings: Settings) -> tuple[list[str], Callable[[], None]]:
+def install_instrumentors(
+    settings: Settings, hooks: Mapping[str, Mapping[str, Any]] | None = None
+) -> tuple[list[str], Callable[[], None]]:
     """Activate installed OpenTelemetry instrumentors (requests, httpx, SQLAlchemy, ...).
 
     Those of ``DEVKIT_INSTRUMENTATIONS`` less ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``;
     never the server-side framework instrumentors: devkit's middleware makes the server
-    span.
+    span. ``hooks`` are ``instrument()`` keyword arguments by entry-point name (the
+    outbound clients' response hooks, :mod:`devkit.tracing.downstream`).
     """
     from importlib.metadata import entry_points
 
@@ -311,7 +314,8 @@ def install_instrumentors(settings: Settings) -> tuple[list[str], Callable[[], N
             # The instrumented library is missing or of another version: nothing to do.
             if get_dependency_conflicts(list(instrumentor.instrumentation_dependencies())):
                 continue
-            instrumentor.instrument(tracer_provider=proxy_provider())
+            extra = dict(hooks.get(ep.name, {})) if hooks else {}
+            instrumentor.instrument(tracer_provider=proxy_provider(), **extra)
             active.append((ep.name, instrumentor))
         except Exception as exc:
             _errors.report("tracing", "instrumentor_failed", detail=f"{ep.name}: {exc}")

@@ -166,6 +166,9 @@ class TailSamplingProcessor(SpanProcessor):
         # Traces whose request span is open and has children: their decision is remembered
         # for children that end late. A request without children leaves no trace here.
         self._watched: OrderedDict[int, None] = OrderedDict()
+        # Traces a downstream service said it keeps (its ``trace`` server-timing metric),
+        # not decided yet here: they are kept too, so the trace arrives whole.
+        self._downstream: OrderedDict[int, None] = OrderedDict()
         # Decisions are counted here under the lock and handed to ``on_decision`` in bulk.
         self._decisions: dict[str, int] = {}
         self._uncounted = 0
@@ -230,7 +233,7 @@ class TailSamplingProcessor(SpanProcessor):
                     self._buffer_locked(pending, span)
                     if is_local_root:
                         self._pending.pop(trace_id, None)
-                        keep = self._decide_root(span, pending.error)
+                        keep = self._decide_root(span, pending.error, trace_id=trace_id)
                         self._remember_locked(trace_id, keep)
                         self._watched.pop(trace_id, None)
                         self._flush_counts_locked()
@@ -269,7 +272,7 @@ class TailSamplingProcessor(SpanProcessor):
             if self._pending or trace_id in self._decided or trace_id in self._watched:
                 keep, to_export = self._root_end_locked(span, trace_id, error)
             else:  # the common case: nothing else of this trace to look up or expire
-                keep = self._decide_root(span, error, sampled)
+                keep = self._decide_root(span, error, sampled, trace_id)
                 if keep:
                     to_export = (span,)
             span.kept = keep  # type: ignore[attr-defined]  # for children started later
@@ -293,13 +296,13 @@ class TailSamplingProcessor(SpanProcessor):
         else:
             pending = self._pending.pop(trace_id, None) if self._pending else None
             if pending is None:
-                keep = self._decide_root(span, error)
+                keep = self._decide_root(span, error, trace_id=trace_id)
                 if keep:
                     to_export = [span]
             else:
                 pending.error = pending.error or error
                 self._buffer_locked(pending, span)
-                keep = self._decide_root(span, pending.error)
+                keep = self._decide_root(span, pending.error, trace_id=trace_id)
                 if keep:
                     to_export = pending.spans
             if self._watched and self._watched.pop(trace_id, False) is None:
@@ -343,7 +346,33 @@ class TailSamplingProcessor(SpanProcessor):
         """The decision for ``trace_id``: True kept, False dropped, None not decided yet."""
         return self._decided.get(trace_id)
 
-    def _decide_root(self, root: ReadableSpan, error: bool, sampled: bool | None = None) -> bool:
+    def mark_downstream_keep(self, trace_id: int) -> None:
+        """A service this trace called keeps its part: keep this one's too when its root
+        ends (decision ``kept_downstream``). A trace decided already is left as it is."""
+        if self._collector_mode or trace_id in self._decided:
+            return
+        with self._lock:
+            self._downstream[trace_id] = None
+            if len(self._downstream) > self._limits.max_traces:
+                self._downstream.popitem(last=False)
+
+    def keeps_so_far(self, trace_id: int) -> bool:
+        """Whether what the trace showed so far keeps it whatever else happens: an error
+        span ended, or a downstream service keeps it (read without the lock: a snapshot)."""
+        if self._collector_mode:
+            return True
+        if self._downstream and trace_id in self._downstream:
+            return True
+        pending = self._pending.get(trace_id) if self._pending else None
+        return pending is not None and pending.error
+
+    def _decide_root(
+        self,
+        root: ReadableSpan,
+        error: bool,
+        sampled: bool | None = None,
+        trace_id: int | None = None,
+    ) -> bool:
         if error:
             decision = "kept_error"
         else:
@@ -355,8 +384,12 @@ class TailSamplingProcessor(SpanProcessor):
                 decision = "kept_slow"
             elif sampled:
                 decision = "kept_sampled"
+            elif self._downstream and trace_id in self._downstream:
+                decision = "kept_downstream"
             else:
                 decision = "dropped"
+        if self._downstream and trace_id is not None:
+            self._downstream.pop(trace_id, None)
         decisions = self._decisions
         decisions[decision] = decisions.get(decision, 0) + 1
         self._uncounted += 1
