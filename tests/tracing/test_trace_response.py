@@ -381,3 +381,13 @@ def test_trust_matches_names_suffixes_and_addresses() -> None:
     assert responses.trusts("::1") and responses.trusts("[::1]")
     assert not responses.trusts("svc.local") and not responses.trusts("evil-api.example")
     assert not responses.trusts(None)
+
+
+def test_the_request_paths_metric_is_the_reference_format() -> None:
+    """The middleware formats the metric in one bytes operation; the library function is
+    the reference."""
+    from devkit.http._core import _TRACE_METRIC
+
+    for trace_id, span_id, flags in [(1, 2, 0), (2**128 - 1, 2**64 - 1, 3), (0xABC, 0xDEF, 2)]:
+        expected = format_trace_metric(trace_id, span_id, flags).encode("ascii")
+        assert _TRACE_METRIC % (trace_id, span_id, flags) == expected

@@ -79,7 +79,7 @@ class WSGIMiddleware:
                 timing = core.server_timing(req)
                 if timing is not None:
                     # A field of its own: the app's server-timing metrics stay as they are.
-                    headers.append(("Server-Timing", timing))
+                    headers.append(("Server-Timing", timing.decode("ascii")))
             req.response_headers = headers
             if exc_info is not None:
                 return start_response(status, headers, exc_info)
