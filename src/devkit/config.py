@@ -549,9 +549,7 @@ def _trusted_hosts(name: str, raw: object) -> tuple[str, ...]:
     if hosts in (("*",), ("none",)):
         return () if hosts == ("none",) else hosts
     if not hosts or not all(_HOST_PATTERN.fullmatch(host) for host in hosts):
-        raise ConfigError(
-            name, raw, "*, none, or comma-separated host names and *.domain suffixes"
-        )
+        raise ConfigError(name, raw, "*, none, or comma-separated host names and *.domain suffixes")
     return hosts
 
 
