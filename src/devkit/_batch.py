@@ -9,12 +9,23 @@ suppressed (exporting is never traced, and its HTTP calls are not logged as requ
 of their own), and the worker thread is re-created lazily in a forked child (gunicorn
 workers forked after ``init()`` export too, and ``--preload`` cannot deadlock on a lock
 inherited from the parent).
+
+A batch whose export failed transiently (the collector refused, reset or did not answer
+the connection, or answered 429, 502, 503 or 504) is kept and tried again, first after
+the collector's ``Retry-After`` (capped at ``devkit._keepalive.RETRY_AFTER_CAP_S``) or an
+exponential backoff, while newer items queue behind it. It counts against the same bound:
+while the collector is away the queue fills and what overflows is dropped and counted
+(``export_queue_full``), so memory stays bounded. A final failure (any other status, an
+exporter that raised) drops the batch and counts it (``export_failed``); so does the
+shutdown for what is still held when its budget runs out (``shutdown_timeout``).
+See docs/reliability.md#retries.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import random
 import threading
 import time
 import weakref
@@ -23,10 +34,16 @@ from typing import Any, Protocol
 
 from opentelemetry.context import attach, detach, set_value
 
-from devkit import _compat, _errors
+from devkit import _compat, _errors, _keepalive
+from devkit._keepalive import Answer, watch_answers
 from devkit.config import ExportOptions
 
-__all__ = ["BatchQueue", "Count", "Exporter"]
+__all__ = ["RETRY_BACKOFF_S", "BatchQueue", "Count", "Exporter"]
+
+#: The wait before a batch that failed transiently without a ``Retry-After`` is tried
+#: again, in seconds; it doubles with each further failure in a row (with a fifth of
+#: jitter either way, so a fleet does not retry in step), up to ``RETRY_AFTER_CAP_S``.
+RETRY_BACKOFF_S = 1.0
 
 Count = Callable[[str, int], None]
 
@@ -74,6 +91,8 @@ class BatchQueue:
         self._max_batch = max_batch_size
         self._delay = schedule_delay_s
         self._on_drop = on_drop or (lambda reason, n: None)
+        #: What the collector answered a failed post (OTLP/HTTP exporters only).
+        self._answers = watch_answers(exporter)
         self._init_state()
         _instances.add(self)
         if not _fork_hook_registered:
@@ -87,6 +106,11 @@ class BatchQueue:
         self._pid = os.getpid()
         self._closed = False
         self._exporting = 0
+        #: A batch (already prepared) whose export failed transiently, and when it is
+        #: tried again (a flush brings that forward).
+        self._held: list[Any] | None = None
+        self._retry_at = 0.0
+        self._failures = 0
         #: Items handed to the exporter successfully since start (or since the fork).
         self.exported = 0
 
@@ -103,7 +127,10 @@ class BatchQueue:
             self._on_drop("exporter_closed", len(items))
             return
         with self._cond:
-            room = self._max_queue - len(self._queue)
+            # Held and in-flight items count against the bound: they are in memory too.
+            room = self._max_queue - len(self._queue) - self._exporting
+            if self._held is not None:
+                room -= len(self._held)
             if room < len(items):
                 self._on_drop("export_queue_full", len(items) - max(room, 0))
                 items = items[: max(room, 0)]
@@ -126,39 +153,79 @@ class BatchQueue:
     def _run(self) -> None:
         while True:
             with self._cond:
-                if len(self._queue) < self._max_batch and not self._closed:
-                    self._cond.wait(self._delay)
-                if self._closed and not self._queue:
+                batch, prepared = self._next_locked()
+                if batch is None:
                     self._cond.notify_all()
                     return
-                size = min(self._max_batch, len(self._queue))
-                batch = [self._queue.popleft() for _ in range(size)]
                 self._exporting += len(batch)
+            kept: list[Any] | None = None
             try:
                 if batch:
-                    self._export(batch)
+                    kept = self._export(batch, prepared)
             finally:
                 with self._cond:
                     self._exporting -= len(batch)
+                    if kept is not None:
+                        if self._closed:  # the shutdown's budget ran out meanwhile
+                            self._on_drop("shutdown_timeout", len(kept))
+                        else:
+                            self._held = kept
                     self._cond.notify_all()
 
-    def _export(self, batch: list[Any]) -> None:
-        prepared = [p for p in map(self._prepared, batch) if p is not None]
+    def _next_locked(self) -> tuple[list[Any] | None, bool]:
+        """The next batch and whether it is prepared already (a held one), once its time
+        has come; None when the queue is closed and empty."""
+        while self._held is not None and not self._closed:
+            wait = self._retry_at - time.monotonic()
+            if wait <= 0:
+                batch, self._held = self._held, None
+                return batch, True
+            self._cond.wait(wait)
+        if len(self._queue) < self._max_batch and not self._closed:
+            self._cond.wait(self._delay)
+        if self._closed and not self._queue:
+            return None, False
+        size = min(self._max_batch, len(self._queue))
+        return [self._queue.popleft() for _ in range(size)], False
+
+    def _export(self, batch: list[Any], prepared: bool) -> list[Any] | None:
+        """Export ``batch``; the prepared items to hold for another attempt when the
+        failure was transient, else None (exported, or dropped and counted)."""
+        items = batch if prepared else [p for p in map(self._prepared, batch) if p is not None]
+        if not items:
+            return None
+        answers = self._answers
+        if answers is not None:
+            answers.last = None
         token = attach(set_value(_compat.suppress_instrumentation_key(), True))
         try:
-            result = self._exporter.export(prepared)
+            result = self._exporter.export(items)
         except Exception as exc:
             # Not re-raised even under devkit's tests: this is the export thread.
             _errors.report("exporter", "export_raised", detail=f"{type(exc).__name__}: {exc}")
-            self._on_drop("export_failed", len(prepared))
-        else:
-            if getattr(result, "name", None) == "SUCCESS":
-                self.exported += len(prepared)
-            else:
-                _errors.report("exporter", "export_failed")
-                self._on_drop("export_failed", len(prepared))
+            self._on_drop("export_failed", len(items))
+            return None
         finally:
             detach(token)
+        if getattr(result, "name", None) == "SUCCESS":
+            self.exported += len(items)
+            self._failures = 0
+            return None
+        answer = answers.last if answers is not None else None
+        if answer is None or not answer.retryable or self._closed:
+            _errors.report("exporter", "export_failed")
+            self._on_drop("export_failed", len(items))
+            return None
+        _errors.report("exporter", "export_retried")
+        self._failures += 1
+        self._retry_at = time.monotonic() + self._retry_delay(answer)
+        return items
+
+    def _retry_delay(self, answer: Answer) -> float:
+        if answer.retry_after_s is not None:
+            return answer.retry_after_s
+        backoff = RETRY_BACKOFF_S * 2.0 ** min(self._failures - 1, 16)
+        return min(backoff * random.uniform(0.8, 1.2), _keepalive.RETRY_AFTER_CAP_S)
 
     def _prepared(self, item: Any) -> Any | None:
         """``item`` as the exporter takes it, on the export thread; None drops it (the
@@ -169,16 +236,18 @@ class BatchQueue:
 
     def pending(self) -> int:
         with self._cond:
-            return len(self._queue) + self._exporting
+            return len(self._queue) + self._exporting + len(self._held or ())
 
     def force_flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until everything queued before the call was exported (or the timeout)."""
+        """Wait until everything queued before the call was exported (or the timeout).
+        A held batch is tried again at once, not after its backoff."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             if self._thread is None and self._queue:
                 self._start_locked()
+            self._retry_at = time.monotonic()  # a held batch: try it now, once
             self._cond.notify_all()
-            while self._queue or self._exporting:
+            while self._queue or self._exporting or self._held is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -190,8 +259,9 @@ class BatchQueue:
         flushed = self.force_flush(timeout_s)
         with self._cond:
             self._closed = True
-            lost = len(self._queue)
+            lost = len(self._queue) + len(self._held or ())
             self._queue.clear()
+            self._held = None
             self._cond.notify_all()
         if lost:
             self._on_drop("shutdown_timeout", lost)

@@ -1,4 +1,5 @@
-"""A keep-alive ``http.client`` transport for OTLP/HTTP posts to a plain-HTTP collector.
+"""The OTLP/HTTP exporter's transport: a keep-alive connection to a plain-HTTP collector,
+and what the collector answered each post, for the export queue's retries.
 
 The OTLP/HTTP exporter posts through a ``requests`` session, which merges the
 environment into every request (proxy variables, ``.netrc``, CA bundle variables) and
@@ -14,13 +15,25 @@ backoff.
 transport with a plain session, and neither a proxy variable nor a ``.netrc`` entry that
 ``requests`` would apply to that endpoint. HTTPS, proxies and custom sessions keep
 ``requests`` and its rules.
+
+:func:`watch_answers` puts a :class:`WatchedTransport` around whichever transport the
+exporter has. The exporter tells its caller only "failed"; devkit's export queue
+(``devkit._batch``) must know whether the failure was transient (keep the batch and try
+again later) or final (drop and count it), and how long the collector asked it to wait.
+The exporter honours a ``Retry-After`` of any length that fits in its timeout and drops
+the batch at once when it does not; the watched transport caps the header at
+:data:`RETRY_AFTER_CAP_S` first, so no collector can stall the export for longer
+(docs/reliability.md#retries).
 """
 
 from __future__ import annotations
 
+import email.utils
 import http.client
+import math
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
@@ -33,11 +46,28 @@ else:  # the exporter's transport layer, reached through the one seam; without i
     # (an older exporter) use_keep_alive never installs the classes below.
     BaseHTTPTransport, BaseHTTPResult = _compat.http_transport_base() or (object, object)
 
-__all__ = ["KeepAliveTransport", "use_keep_alive"]
+__all__ = [
+    "RETRY_AFTER_CAP_S",
+    "Answer",
+    "KeepAliveTransport",
+    "WatchedTransport",
+    "use_keep_alive",
+    "watch_answers",
+]
 
 #: The most of a collector's response body read (OTLP answers with a few bytes; a
 #: larger body is cut and the connection dropped rather than read without bound).
 MAX_RESPONSE_BYTES = 64 * 1024
+
+#: The longest wait a collector's ``Retry-After`` imposes before a batch is tried again,
+#: in seconds: a longer value is honoured as this one. A collector that sheds load asks
+#: for seconds; a header asking for an hour (a misconfigured proxy, a hostile endpoint)
+#: must not stop the export for an hour while the bounded queue drops everything new.
+RETRY_AFTER_CAP_S = 10.0
+
+#: The statuses the OTLP/HTTP specification has clients retry; every other 4xx and 5xx
+#: is final.
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +81,22 @@ class _Result(BaseHTTPResult):
 
     def headers(self) -> Mapping[str, str]:
         return cast("Mapping[str, str]", self.header_map)
+
+
+class _Headers(Mapping[str, str]):
+    """Response headers with case-insensitive names, as ``BaseHTTPResult`` promises."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._lower = {str(name).lower(): value for name, value in headers.items()}
+
+    def __getitem__(self, name: str) -> str:
+        return self._lower[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._lower)
+
+    def __len__(self) -> int:
+        return len(self._lower)
 
 
 class KeepAliveTransport(BaseHTTPTransport):
@@ -161,3 +207,116 @@ def use_keep_alive(exporter: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+# -- what the collector answered -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The collector's answer to one failed post.
+
+    ``retryable``: the failure is transient (no answer at all: refused, reset, timed out;
+    or a 429, 502, 503 or 504) and the batch is worth keeping. ``retry_after_s``: the
+    collector's ``Retry-After``, at most :data:`RETRY_AFTER_CAP_S`, or None.
+    """
+
+    retryable: bool
+    retry_after_s: float | None = None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delay-seconds or an HTTP-date), never
+    negative; None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
+
+
+class WatchedTransport(BaseHTTPTransport):
+    """Posts through ``inner`` and keeps the answer to the last post in :attr:`last`
+    (None after a success), capping ``Retry-After`` at :data:`RETRY_AFTER_CAP_S` on the
+    way to the exporter. Used from the export thread only."""
+
+    def __init__(self, inner: BaseHTTPTransport) -> None:
+        self.inner = inner
+        #: The answer to the last post when it failed; the export queue resets it.
+        self.last: Answer | None = None
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        data: bytes | None = None,
+    ) -> BaseHTTPResult:
+        result = self.inner.request(method, url, headers=headers, timeout=timeout, data=data)
+        try:
+            return self._noted(result)
+        except Exception:  # an odd result object: the exporter judges it alone
+            self.last = Answer(retryable=False)
+            return result
+
+    def _noted(self, result: BaseHTTPResult) -> BaseHTTPResult:
+        status = result.status_code
+        if status is None:
+            self.last = Answer(retryable=result.error is not None)
+            return result
+        if 200 <= status < 400:
+            self.last = None
+            return result
+        if status not in RETRYABLE_STATUSES:
+            self.last = Answer(retryable=False)
+            return result
+        asked = parse_retry_after(result.headers().get("retry-after"))
+        if asked is None or asked <= RETRY_AFTER_CAP_S:
+            self.last = Answer(retryable=True, retry_after_s=asked)
+            return result
+        self.last = Answer(retryable=True, retry_after_s=RETRY_AFTER_CAP_S)
+        capped = {k: v for k, v in result.headers().items() if k.lower() != "retry-after"}
+        capped["retry-after"] = f"{RETRY_AFTER_CAP_S:g}"
+        return _Result(
+            status_code=status,
+            reason=result.reason,
+            error=result.error,
+            body=result.content(),
+            header_map=_Headers(capped),
+        )
+
+    def is_connection_error(self, exception: Exception | None) -> bool:
+        return self.inner.is_connection_error(exception)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def watch_answers(exporter: Any) -> WatchedTransport | None:
+    """The :class:`WatchedTransport` of an OTLP/HTTP span or log exporter (or of the one
+    devkit's ``FastOTLPExporter`` wraps, its ``exporter``), put in place on first call;
+    None for any other exporter, whose failures then count as final."""
+    if _compat.http_transport_base() is None:
+        return None
+    for candidate in (exporter, getattr(exporter, "exporter", None)):
+        parts = _compat.otlp_client_transport(candidate) if candidate is not None else None
+        if parts is None:
+            continue
+        transport = parts[1]
+        if isinstance(transport, WatchedTransport):
+            return transport
+        watched = WatchedTransport(transport)
+        _compat.replace_otlp_transport(candidate, watched)
+        return watched
+    return None
