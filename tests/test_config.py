@@ -27,6 +27,7 @@ def test_every_spec_variable_is_read() -> None:
         "DEVKIT_ENVIRONMENT": "staging",
         "DEVKIT_LOG_LEVEL": "WARN",
         "DEVKIT_LOG_FORMAT": "console",
+        "DEVKIT_LOG_MAX_FIELD_BYTES": "4096",
         "DEVKIT_REDACT_MODE": "hash",
         "DEVKIT_REDACT_KEYS": "iban, user_email,,",
         "DEVKIT_REDACT_SALT": "s3cr3t-salt",
@@ -41,7 +42,9 @@ def test_every_spec_variable_is_read() -> None:
         "DEVKIT_TRUSTED_TRACE_RESPONSES": "api.internal, *.svc.cluster.local",
         "DEVKIT_METRICS_PATH": "/internal/metrics",
         "DEVKIT_METRICS_PORT": "9464",
+        "DEVKIT_METRICS_TOKEN": "scrape-token-0123456789",
         "DEVKIT_HEALTH_PATH": "/health",
+        "DEVKIT_HEALTH_ON_APP_PORT": "false",
         "DEVKIT_LIVENESS_TIMEOUT_S": "5",
         "DEVKIT_SHUTDOWN_TIMEOUT_S": "20",
         "DEVKIT_DISABLED": "0",
@@ -62,6 +65,9 @@ def test_every_spec_variable_is_read() -> None:
     assert s.health_path == "/health" and s.liveness_timeout_s == 5
     assert s.shutdown_timeout_s == 20 and s.disabled is False
     assert s.instrumentations == ("httpx", "requests")
+    assert s.log_max_field_bytes == 4096 and s.health_on_app_port is False
+    assert s.metrics_token == "scrape-token-0123456789"
+    assert "scrape-token" not in repr(s)
 
 
 def test_otel_fallbacks() -> None:

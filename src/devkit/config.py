@@ -158,6 +158,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DEVKIT_ENVIRONMENT", "environment", "unset", "`deployment.environment.name`"),
     Variable("DEVKIT_LOG_LEVEL", "log_level", "info", "debug, info, warn, error, fatal"),
     Variable("DEVKIT_LOG_FORMAT", "log_format", "json", "json, console"),
+    Variable(
+        "DEVKIT_LOG_MAX_FIELD_BYTES",
+        "log_max_field_bytes",
+        "16384",
+        "longest field of a log record, in bytes; a longer one is cut and marked with its size",
+    ),
     Variable("DEVKIT_REDACT_MODE", "redact_mode", "mask", "mask, hash"),
     Variable("DEVKIT_REDACT_KEYS", "redact_keys", "empty", "extra comma-separated keys"),
     Variable("DEVKIT_REDACT_SALT", "redact_salt", "unset", "HMAC key for hash mode"),
@@ -207,7 +213,19 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("DEVKIT_METRICS_PATH", "metrics_path", "/metrics", "exposition path"),
     Variable("DEVKIT_METRICS_PORT", "metrics_port", "unset", "serve metrics on their own port"),
+    Variable(
+        "DEVKIT_METRICS_TOKEN",
+        "metrics_token",
+        "unset",
+        "bearer token `/metrics` requires (`Authorization: Bearer <token>`); probes stay open",
+    ),
     Variable("DEVKIT_HEALTH_PATH", "health_path", "/healthz", "probe prefix"),
+    Variable(
+        "DEVKIT_HEALTH_ON_APP_PORT",
+        "health_on_app_port",
+        "true",
+        "also answer the probes on the application's port (false: on `DEVKIT_METRICS_PORT` only)",
+    ),
     Variable("DEVKIT_LIVENESS_TIMEOUT_S", "liveness_timeout_s", "10", "event-loop heartbeat limit"),
     Variable("DEVKIT_SHUTDOWN_TIMEOUT_S", "shutdown_timeout_s", "10", "drain and flush limit"),
     Variable(
@@ -238,6 +256,7 @@ class Settings:
     environment: str | None = None
     log_level: LogLevel = "info"
     log_format: Literal["json", "console"] = "json"
+    log_max_field_bytes: int = 16384
     redact_mode: Literal["mask", "hash"] = "mask"
     redact_keys: tuple[str, ...] = ()
     redact_salt: str | None = field(default=None, repr=False)
@@ -252,7 +271,9 @@ class Settings:
     trusted_trace_responses: tuple[str, ...] = ("*",)
     metrics_path: str = "/metrics"
     metrics_port: int | None = None
+    metrics_token: str | None = field(default=None, repr=False)
     health_path: str = "/healthz"
+    health_on_app_port: bool = True
     liveness_timeout_s: float = 10.0
     shutdown_timeout_s: float = 10.0
     instrumentations: tuple[str, ...] = ("all",)
@@ -353,6 +374,12 @@ class Settings:
                 "DEVKIT_METRICS_PATH",
                 self.metrics_path,
                 f"a path outside the probe prefix {self.health_path}",
+            )
+        if not self.health_on_app_port and self.metrics_port is None:
+            raise ConfigError(
+                "DEVKIT_HEALTH_ON_APP_PORT",
+                self.health_on_app_port,
+                "true unless DEVKIT_METRICS_PORT is set (the probes must be served somewhere)",
             )
 
     def replace(self, **changes: Any) -> Settings:
@@ -535,6 +562,20 @@ def _salt(name: str, raw: object) -> str:
     return text
 
 
+# RFC 6750 b64token: what a scraper's ``Authorization: Bearer`` header can carry as is.
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]{16,4096}=*")
+
+
+def _bearer_token(name: str, raw: object) -> str:
+    text = str(raw).strip()
+    if not _BEARER_TOKEN.fullmatch(text):
+        # A credential: never echoed.
+        raise ConfigError(
+            name, "<hidden>", "a token of 16 to 4096 characters of A-Z a-z 0-9 - . _ ~ + /"
+        )
+    return text
+
+
 def _traces_exporter(name: str, raw: object) -> str:
     return _env.parse_choice(name, raw, ("otlp", "console", "none"))
 
@@ -569,6 +610,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "environment": _text,
     "log_level": _choice(*LEVELS, aliases=LEVEL_ALIASES),
     "log_format": _choice("json", "console"),
+    "log_max_field_bytes": lambda n, r: _env.parse_int(n, r, minimum=1024, maximum=1 << 24),
     "redact_mode": _choice("mask", "hash"),
     "redact_keys": _env.parse_list,
     "redact_salt": _salt,
@@ -583,7 +625,9 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "trusted_trace_responses": lambda n, r: _trusted_hosts(n, r),
     "metrics_path": _env.parse_path,
     "metrics_port": lambda n, r: _env.parse_int(n, r, minimum=1, maximum=65535),
+    "metrics_token": lambda n, r: _bearer_token(n, r),
     "health_path": _env.parse_path,
+    "health_on_app_port": _env.parse_bool,
     "liveness_timeout_s": lambda n, r: _env.parse_float(n, r, minimum=0.0, exclusive_minimum=True),
     "shutdown_timeout_s": lambda n, r: _env.parse_float(n, r, minimum=0.0, exclusive_minimum=True),
     "instrumentations": lambda n, r: _instrumentations(n, r),

@@ -8,6 +8,15 @@ so nothing unredacted ever reaches the stream.
 
 stdlib records (uvicorn, gunicorn, libraries) enter through :class:`StdlibHandler`, which
 builds the same event dict and calls the same pipeline, so the process speaks one format.
+
+Hostile arguments never raise into the caller and never cost the record: a value whose
+``__str__`` or ``__repr__`` raises, a container that cannot be iterated, a lone surrogate
+or a bad ``%`` argument becomes a placeholder (``<unrepresentable T>``) or a degraded
+message, counted in ``devkit_internal_errors_total``. Records are bounded: a field longer
+than ``DEVKIT_LOG_MAX_FIELD_BYTES`` (16 KB by default) is cut after redaction, with a
+marker that gives its size (``…[truncated: 2097152 bytes]``), so one large value cannot
+become a line that log shippers split or drop. Checking the bound costs one length
+comparison per rendered line; fields are only looked at when the line is that long.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import ContextVar
 from types import TracebackType
 from typing import IO, Any, Protocol, cast
@@ -71,14 +80,19 @@ _RESERVED = frozenset(
 _NOT_REDACTED = frozenset(
     {"timestamp", "level", "service", "logger", "trace_id", "span_id", "correlation_id"}
 )
-_MAX_STACK_CHARS = 32_768
 _JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 
 #: The logger name of the middleware's ``request completed`` records.
 ACCESS_LOGGER = "devkit.access"
 _MAX_CACHED_ROUTES = 4096
-#: The longest path an access record carries; longer ones are cut.
+#: The longest path an access record carries (query included); longer ones are cut.
 MAX_LOGGED_PATH = 2048
+# What ends a value cut to the field limit (or, in a stack, takes its middle's place):
+# its size in bytes.
+_CUT_TAIL = "…[truncated: %d bytes]"
+_CUT_MIDDLE = "\n…[truncated: %d bytes]…\n"
+# Containers deeper than this are not walked for the bound (redaction stops at 32).
+_MAX_DEPTH = 64
 # The access record: timestamp second, milliseconds, head (level ... method), route JSON,
 # path JSON, status, duration in ms, [trace id, span id,] correlation id.
 _ACCESS_TRACED = (
@@ -170,6 +184,9 @@ class LogPipeline:
     ) -> None:
         self.service = settings.service_name
         self.level_number = settings.level_number
+        #: The longest field value written, in bytes (``DEVKIT_LOG_MAX_FIELD_BYTES``).
+        self.max_field = settings.log_max_field_bytes
+        self._max_path = min(MAX_LOGGED_PATH, self.max_field)
         self.redactor = redactor
         self._clock = _Clock()
         self._lock = threading.Lock()
@@ -242,23 +259,75 @@ class LogPipeline:
                 record["error"] = error
         if self.redactor is not None:
             if redact:
-                self.redactor.redact_fields(record, _NOT_REDACTED)
+                try:
+                    self.redactor.redact_fields(record, _NOT_REDACTED)
+                except Exception as exc:  # e.g. a container whose iteration raises
+                    _errors.report("logs", "unredactable_field", exc)
+                    self._redact_each(record)
             elif "error" in record:
                 record["error"] = self.redactor.redact(record["error"])
         return record
 
+    def _redact_each(self, record: dict[str, Any]) -> None:
+        """Redact field by field: one that cannot be redacted becomes a placeholder
+        (never its unredacted value)."""
+        assert self.redactor is not None
+        for key, value in list(record.items()):
+            if key in _NOT_REDACTED:
+                continue
+            one = {key: value}
+            try:
+                self.redactor.redact_fields(one)
+                record[key] = one[key]
+            except Exception:
+                record[key] = _placeholder(value)
+
     def render(self, record: dict[str, Any]) -> bytes:
         if self._console:
+            self.bound(record)
             return _render_console(record, self._colors).encode("utf-8", "replace")
         return self._render_json(record)
 
     def _render_json(self, record: dict[str, Any]) -> bytes:
         try:
-            return orjson.dumps(record, default=_json_default, option=_JSON_OPTIONS)
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            # e.g. an int beyond 64 bits: degrade that record, keep the line.
+            line = orjson.dumps(record, default=_json_default, option=_JSON_OPTIONS)
+        except Exception as exc:
+            # e.g. an int beyond 64 bits, a lone surrogate: degrade that record, keep the line.
             _errors.report("logs", "unserialisable_record", exc)
-            return orjson.dumps(_sanitize(record), default=str, option=_JSON_OPTIONS)
+            sanitized = _sanitize(record, 0)
+            assert isinstance(sanitized, dict)
+            record.clear()
+            record.update(sanitized)
+            line = orjson.dumps(record, default=_json_default, option=_JSON_OPTIONS)
+        # No field can be longer than the whole line: the common record stops here.
+        if len(line) > self.max_field and self.bound(record):
+            line = orjson.dumps(record, default=_json_default, option=_JSON_OPTIONS)
+        return line
+
+    def bound(self, record: dict[str, Any]) -> bool:
+        """Cut, in place, every field of ``record`` longer than :attr:`max_field` bytes;
+        whether one was.
+
+        A string is measured in UTF-8 and keeps its start (a stack, ``error.stack``,
+        keeps its first third and its end, where the innermost frames and the exception
+        are); a list or mapping is measured as its JSON and keeps the items that fit
+        (see :func:`_bound`). The marker says how long the value was. Runs after
+        redaction, so a secret is never cut into a piece the patterns no longer
+        recognise.
+        """
+        limit = self.max_field
+        changed = False
+        for key, value in record.items():
+            if key == "error" and type(value) is dict:
+                new: Any = {k: _bound(v, limit, 1, k == "stack") for k, v in value.items()}
+                if all(new[k] is v for k, v in value.items()):
+                    new = value
+            else:
+                new = _bound(value, limit, 0, False)
+            if new is not value:
+                record[key] = new  # same key: safe while iterating
+                changed = True
+        return changed
 
     def _export(self, record: dict[str, Any], line: bytes) -> None:
         """Hand ``record`` to the OTLP log export as its JSON line (the console format's
@@ -308,12 +377,12 @@ class LogPipeline:
         if not self._access_levels[level]:
             return
         path = request.path
-        if len(path) > MAX_LOGGED_PATH:
-            path = path[:MAX_LOGGED_PATH]
         if request.query:
             path = f"{path}?{redact_query(request.query)}"
         if self.redactor is not None:
             path = self.redactor.redact_str(path)
+        if len(path) > self._max_path:  # cut after redaction: no half secret is left
+            path = _cut_path(path, self._max_path)
         exc = request.exc if request.error else None
         if self._console or exc is not None:
             self._access_generic(level, request, path, exc)
@@ -399,8 +468,13 @@ class LogPipeline:
             return
         token = _IN_PIPELINE.set(True)
         try:
-            record = self.finalize(level, event, created, redact, ids)
-            line = self.render(record)
+            try:
+                record = self.finalize(level, event, created, redact, ids)
+                line = self.render(record)
+            except Exception as exc:
+                _errors.report("logs", "emit_failed", exc)
+                record = self._unrenderable(level, event, exc)
+                line = self.render(record)
             self.write(line)
             if self.export is not None:
                 self._export(record, line)
@@ -408,6 +482,20 @@ class LogPipeline:
             _errors.report("logs", "emit_failed", exc)
         finally:
             _IN_PIPELINE.reset(token)
+
+    def _unrenderable(
+        self, level: str, event: MutableMapping[str, Any], exc: BaseException
+    ) -> dict[str, Any]:
+        """The record written when a record could not be built: devkit's own fields and
+        the failure's type, nothing of the caller's values (they may hold secrets)."""
+        logger_name = event.get("logger")
+        return {
+            "timestamp": self._clock.format(time.time()),
+            "level": level,
+            "service": self.service,
+            "logger": logger_name if type(logger_name) is str else "root",
+            "message": f"<unrenderable record: {type(exc).__name__}>",
+        }
 
     # -- structlog glue ------------------------------------------------------------------
 
@@ -422,8 +510,13 @@ class LogPipeline:
             if "logger" not in event:
                 event["logger"] = getattr(logger, "name", None)
             level = _LEVEL_OF_METHOD.get(method_name, "info")
-            record = self.finalize(level, event)
-            line = self.render(record)
+            try:
+                record = self.finalize(level, event)
+                line = self.render(record)
+            except Exception as exc:
+                _errors.report("logs", "emit_failed", exc)
+                record = self._unrenderable(level, event, exc)
+                line = self.render(record)
             if self.export is not None:
                 self._export(record, line)
             return line
@@ -437,10 +530,84 @@ class LogPipeline:
         """Keyword arguments for ``structlog.configure`` routing records here."""
         return {
             "processors": [structlog.contextvars.merge_contextvars, self.structlog_processor],
-            "wrapper_class": structlog.make_filtering_bound_logger(self.level_number),
+            "wrapper_class": _bound_logger_class(self.level_number),
             "logger_factory": _WriterFactory(self),
             "cache_logger_on_first_use": False,
         }
+
+
+def _interpolate(event: object, args: tuple[Any, ...]) -> object:
+    """structlog's ``log.info("a %s", x)``: ``event % args`` (one mapping argument is used
+    as the mapping), or a degraded message when the arguments do not fit."""
+    try:
+        if len(args) == 1 and isinstance(args[0], Mapping) and args[0]:
+            return event % args[0]  # type: ignore[operator]
+        return event % args  # type: ignore[operator]
+    except Exception as exc:
+        _errors.report("logs", "bad_format_args", exc)
+        return _unformattable(event, args)
+
+
+def _bound_logger_class(min_level: int) -> type[FilteringBoundLogger]:
+    """structlog's filtering bound logger, whose ``%`` interpolation of positional
+    arguments cannot raise into the caller.
+
+    structlog interpolates in the logger method, before any processor runs, so a bad
+    argument (``log.info("%d", "x")``, an object whose ``__str__`` raises) would escape
+    from the call. The enabled level methods are replaced by ones that interpolate
+    safely and then do what structlog's do (``_proxy_to_logger``, the documented hook of
+    custom bound loggers): no extra call on the common path. Disabled levels keep
+    structlog's no-op.
+    """
+    base = structlog.make_filtering_bound_logger(min_level)
+    methods: dict[str, Any] = {}
+
+    def sync_method(name: str) -> Callable[..., Any]:
+        def method(self: Any, event: Any, *args: Any, **kw: Any) -> Any:
+            if args:
+                event = _interpolate(event, args)
+            return self._proxy_to_logger(name, event, **kw)
+
+        method.__name__ = name
+        return method
+
+    def async_method(base_method: Callable[..., Any]) -> Callable[..., Any]:
+        async def method(self: Any, event: Any, *args: Any, **kw: Any) -> Any:
+            if args:
+                event = _interpolate(event, args)
+            return await base_method(self, event, **kw)
+
+        method.__name__ = base_method.__name__
+        return method
+
+    # method names -> (the name structlog's processors see, its level number)
+    for method_name, (name, number) in {
+        "debug": ("debug", 10),
+        "info": ("info", 20),
+        "msg": ("info", 20),
+        "warning": ("warning", 30),
+        "warn": ("warning", 30),
+        "error": ("error", 40),
+        "critical": ("critical", 50),
+        "fatal": ("critical", 50),
+    }.items():
+        if number >= min_level:
+            methods[method_name] = sync_method(name)
+            methods["a" + method_name] = async_method(getattr(base, "a" + method_name))
+    base_log, base_alog = base.log, base.alog
+
+    def log(self: Any, level: int, event: Any, *args: Any, **kw: Any) -> Any:
+        if args:
+            event = _interpolate(event, args)
+        return base_log(self, level, event, **kw)
+
+    async def alog(self: Any, level: int, event: Any, *args: Any, **kw: Any) -> Any:
+        if args:
+            event = _interpolate(event, args)
+        return await base_alog(self, level, event, **kw)
+
+    methods["log"], methods["alog"] = log, alog
+    return cast(type[FilteringBoundLogger], type(base.__name__, (base,), methods))
 
 
 class _Writer:
@@ -501,7 +668,7 @@ class StdlibHandler(logging.Handler):
             message = record.getMessage()
         except Exception as exc:  # bad %-args must not lose the record
             _errors.report("logs", "bad_format_args", exc)
-            message = f"{record.msg!s} (unformattable arguments {record.args!r})"
+            message = _unformattable(record.msg, record.args)
         event: dict[str, Any] = {"event": message, "logger": record.name}
         for key, value in record.__dict__.items():
             if key not in _STD_RECORD_ATTRS and key not in _DROPPED_EXTRAS and key[:1] != "_":
@@ -609,23 +776,186 @@ def _format_exception(exc_info: object) -> dict[str, str] | None:
     type_name = _errors.type_name(exc)
     try:
         text = str(exc)
+        if type(text) is not str:
+            raise TypeError("__str__ returned a non-string")
     except Exception:
         text = f"<unprintable {type_name}>"
-    stack = "".join(traceback.format_exception(exc_type, exc, tb))
-    if len(stack) > _MAX_STACK_CHARS:
-        stack = "...(truncated)\n" + stack[-_MAX_STACK_CHARS:]
+    try:
+        stack = "".join(traceback.format_exception(exc_type, exc, tb))
+    except Exception:  # a traceback that cannot be formatted: the rest still is
+        stack = f"<unformattable traceback of {type_name}>"
+    # Cut to DEVKIT_LOG_MAX_FIELD_BYTES after redaction (LogPipeline.bound), not here.
     return {"type": type_name, "message": text, "stack": stack}
 
 
-def _sanitize(value: object) -> object:
-    """A JSON-safe copy: integers beyond 64 bits become strings, containers are walked."""
+def _placeholder(value: object) -> str:
+    """What stands for a value that cannot be shown: its type, never its content."""
+    return f"<unrepresentable {type(value).__name__}>"
+
+
+def _safe_str(value: object) -> str:
+    try:
+        text = value if type(value) is str else str(value)
+        if type(text) is str:
+            return text
+    except Exception:
+        pass
+    return _placeholder(value)
+
+
+def _safe_repr(value: object) -> str:
+    try:
+        text = repr(value)
+        if type(text) is str:
+            return text
+    except Exception:
+        pass
+    if type(value) is tuple:  # the arguments of a call: each one that can be shown is
+        items = [_safe_repr(v) for v in value]
+        return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+    return _placeholder(value)
+
+
+def _unformattable(msg: object, args: object) -> str:
+    """The message of a record whose ``%`` arguments do not fit its format (or whose
+    message cannot be shown at all)."""
+    if not args:
+        return _safe_str(msg)
+    return f"{_safe_str(msg)} (unformattable arguments {_safe_repr(args)})"
+
+
+def _utf8(text: str) -> bytes:
+    # surrogatepass: a lone surrogate (from os.fsdecode, say) is measured, never raises.
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _sanitize(value: object, depth: int) -> object:
+    """A JSON-safe copy: integers beyond 64 bits and keys that are not strings become
+    strings, lone surrogates are escaped, containers are walked; what cannot be read
+    becomes a placeholder."""
+    try:
+        if type(value) is str:
+            try:
+                value.encode("utf-8")
+                return value
+            except UnicodeEncodeError:
+                return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        if value is None or isinstance(value, bool | float):
+            return value
+        if isinstance(value, int):
+            return value if -(2**63) <= value < 2**64 else str(value)
+        if depth >= _MAX_DEPTH:
+            return "<too deep>"
+        if isinstance(value, dict):
+            return {
+                _sanitize(_safe_str(k), depth + 1): _sanitize(v, depth + 1)
+                for k, v in list(value.items())
+            }
+        if isinstance(value, list | tuple):
+            return [_sanitize(v, depth + 1) for v in list(value)]
+        if isinstance(value, bytes | bytearray):
+            return repr(value)
+        return _sanitize(_safe_str(value), depth + 1)
+    except Exception:
+        return _placeholder(value)
+
+
+def _cut(text: str, size: int, limit: int, middle: bool) -> str:
+    """``text`` (``size`` bytes of UTF-8) cut to ``limit`` bytes, marker included: its
+    start kept, or (``middle``) its first third and its end."""
+    marker = (_CUT_MIDDLE if middle else _CUT_TAIL) % size
+    room = max(limit - len(_utf8(marker)), 0)
+    raw = _utf8(text)
+    # A character cut in two is dropped whole ("ignore" on its remaining bytes).
+    if middle:
+        head = room // 3
+        tail = raw[len(raw) - (room - head) :]
+        return raw[:head].decode("utf-8", "ignore") + marker + tail.decode("utf-8", "ignore")
+    return raw[:room].decode("utf-8", "ignore") + marker
+
+
+def _render(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+    except Exception:  # the console format shows what JSON cannot (a tuple as a key)
+        return orjson.dumps(_sanitize(value, 0), default=_json_default)
+
+
+def _bound(value: Any, limit: int, depth: int, middle: bool) -> Any:
+    """``value`` at most ``limit`` bytes long, of the same type where it can be.
+
+    A string is measured in UTF-8 and cut; a list or mapping is measured as its JSON and
+    keeps its first items that fit (a long string among them cut to the room left), with
+    a last item saying how long it was; anything else becomes its JSON text, cut.
+    """
+    cls = type(value)
+    if cls is str:
+        if len(value) * 4 <= limit:  # at most 4 bytes a character: surely short enough
+            return value
+        size = len(_utf8(value))
+        return value if size <= limit else _cut(value, size, limit, middle)
+    if value is None or cls is int or cls is float or cls is bool:
+        return value
+    if depth >= _MAX_DEPTH:
+        return "<too deep>"
+    rendered = _render(value)
+    if len(rendered) <= limit:
+        return value
+    if isinstance(value, dict | list | tuple):
+        kept = _bound_items(value, len(rendered), limit, depth)
+        if kept is not None:
+            return kept
+    text = rendered.decode("utf-8")
+    return _cut(text, len(rendered), limit, False)
+
+
+#: Below this many bytes of room, a container takes no further item.
+_MIN_ROOM = 32
+
+
+def _bound_items(
+    value: dict[Any, Any] | list[Any] | tuple[Any, ...], size: int, limit: int, depth: int
+) -> dict[Any, Any] | list[Any] | None:
+    """The first items of ``value`` (``size`` bytes of JSON) that fit in ``limit`` bytes,
+    and a marker item when some were left out; None when even that does not fit."""
+    marker = _CUT_TAIL % size
+    room = limit - len(_utf8(marker)) - 8  # brackets, quotes, separators of the marker
+    used = 2
     if isinstance(value, dict):
-        return {str(k): _sanitize(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_sanitize(v) for v in value]
-    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
-        return str(value)
-    return value
+        out: Any = {}
+        for key, item in value.items():
+            key_size = len(_render(key if type(key) is str else _safe_str(key))) + 2
+            if room - used - key_size < _MIN_ROOM:
+                break
+            # Two bytes fewer: a string's measure does not count its quotes.
+            item = _bound(item, room - used - key_size - 2, depth + 1, False)
+            used += key_size + len(_render(item))
+            if used > room:
+                break
+            out[key] = item
+        else:
+            return out if len(_render(out)) <= limit else None
+        out["…"] = marker[1:]
+    else:
+        out = []
+        for item in value:
+            if room - used - 1 < _MIN_ROOM:
+                break
+            item = _bound(item, room - used - 3, depth + 1, False)
+            used += len(_render(item)) + 1
+            if used > room:
+                break
+            out.append(item)
+        else:
+            return out if len(_render(out)) <= limit else None
+        out.append(marker)
+    return out if len(_render(out)) <= limit else None
+
+
+def _cut_path(path: str, limit: int) -> str:
+    """An access record's path cut to ``limit`` characters, marker included."""
+    marker = _CUT_TAIL % len(_utf8(path))
+    return path[: max(limit - len(marker), 0)] + marker
 
 
 def _json_default(value: object) -> object:
