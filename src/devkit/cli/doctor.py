@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import metadata
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit, urlunsplit
@@ -92,10 +92,12 @@ def doctor(
 def _doctor_configuration(report: _Report, settings: Settings, env: Mapping[str, str]) -> None:
     from devkit.config import VARIABLES, source_of
 
+    # Secrets (the salt, the metrics token) are the fields Settings keeps out of its repr.
+    secrets = {f.name for f in fields(settings) if not f.repr}
     report.section("Configuration (effective value, source)")
     for var in VARIABLES:
         value = getattr(settings, var.field)
-        shown = ("***" if value else "unset") if var.field == "redact_salt" else _show(value)
+        shown = ("***" if value else "unset") if var.field in secrets else _show(value)
         report.row(var.name, shown, source_of(var, env))
 
     known = {v.name for v in VARIABLES}

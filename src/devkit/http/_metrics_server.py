@@ -4,6 +4,11 @@ A small threaded HTTP server outside the application's event loop and workers. S
 never queue behind application requests, and the probes keep answering while the app is
 draining (uvicorn closes its listening socket at SIGTERM) or while its event loop is
 blocked — so ``/healthz/live`` here reports a wedged loop as 503 instead of timing out.
+
+It is the recommended production exposure (docs/kubernetes.md): the port is declared on
+the container for Prometheus and kubelet but left out of the Service, so neither the
+metrics nor the probe answers are reachable through the application's own port, and
+``DEVKIT_METRICS_TOKEN`` guards ``/metrics`` here as well.
 """
 
 from __future__ import annotations
@@ -44,10 +49,21 @@ class MetricsServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             server_version = "devkit"
             sys_version = ""
+            # http.server's errors quote the request back (its method, its request line) in
+            # the status line and an HTML page; these say the status and its standard
+            # explanation, nothing received.
+            error_message_format = "%(code)d %(explain)s\n"
+            error_content_type = "text/plain; charset=utf-8"
+
+            def send_error(
+                self, code: int, message: str | None = None, explain: str | None = None
+            ) -> None:
+                super().send_error(code)
 
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
-                answer = endpoints.answer(path, self.headers.get("Accept"))
+                headers = self.headers
+                answer = endpoints.answer(path, headers.get("Accept"), headers.get("Authorization"))
                 self.send_response(answer.status)
                 for name, value in answer.headers:
                     self.send_header(name, value)

@@ -13,7 +13,7 @@ from typing import Any
 
 from devkit import _state
 from devkit.http._core import ACTIVE_KEY, ROUTE_KEY, Core
-from devkit.http._endpoints import Answer
+from devkit.http._endpoints import Answer, authorization_header
 
 __all__ = ["ASGIMiddleware", "asgi"]
 
@@ -162,7 +162,9 @@ async def _serve_endpoint(core: Core, scope: Scope, send: Send) -> None:
     for name, value in scope.get("headers", ()):
         if name == b"accept":
             accept = value.decode("latin-1")
-    answer: Answer = await core.endpoints.answer_async(scope["path"], accept)
+    answer: Answer = await core.endpoints.answer_async(
+        scope["path"], accept, authorization_header(scope.get("headers", ()))
+    )
     await send(
         {
             "type": "http.response.start",

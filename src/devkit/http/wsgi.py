@@ -52,7 +52,8 @@ class WSGIMiddleware:
         environ[ACTIVE_KEY] = True
         path: str = environ.get("PATH_INFO", "") or "/"
         if path.startswith(core.endpoints.prefixes) and core.endpoints.owns(path):
-            answer = core.endpoints.answer(path, environ.get("HTTP_ACCEPT"))
+            accept, authorization = environ.get("HTTP_ACCEPT"), environ.get("HTTP_AUTHORIZATION")
+            answer = core.endpoints.answer(path, accept, authorization)
             return _send_answer(start_response, answer)
         ctx = contextvars.copy_context()
         return ctx.run(self._call, ctx, core, environ, start_response)

@@ -48,7 +48,8 @@ class DevkitMiddleware:
         # Django's own decoding of the path (UTF-8, under WSGI and ASGI alike).
         path = request.path_info or "/"
         if path.startswith(core.endpoints.prefixes) and core.endpoints.owns(path):
-            return _response(core.endpoints.answer(path, meta.get("HTTP_ACCEPT")))
+            accept, authorization = meta.get("HTTP_ACCEPT"), meta.get("HTTP_AUTHORIZATION")
+            return _response(core.endpoints.answer(path, accept, authorization))
 
         req = core.begin_environ(meta, path=path, scheme=request.scheme)
         try:
@@ -99,6 +100,8 @@ def _response(answer: Answer) -> Any:
 
     response = HttpResponse(answer.body, status=answer.status, content_type=answer.content_type)
     response["Cache-Control"] = "no-store"
+    for name, value in answer.extra_headers:  # the 401's WWW-Authenticate
+        response[name] = value
     return response
 
 
