@@ -274,11 +274,6 @@ def test_span_attributes_and_event_attributes_are_redacted_in_text() -> None:
     assert dict(exported.events[0].attributes) == {"detail": f"api_key={S}"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tracing/_export.py redacts attributes only: span names, event names, status "
-    "descriptions and link attributes are exported as set (see docs/logs.md#redaction)",
-)
 def test_span_names_events_status_and_links_are_redacted() -> None:
     exported = _exported_span("login password=n4me")
     text = repr(

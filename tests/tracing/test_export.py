@@ -8,10 +8,12 @@ from typing import Any
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import Link, Status, StatusCode
 from request_record import end_request, start_request
 
 from devkit.redaction import Redactor
-from devkit.tracing._export import BatchExporter, ExportSpan
+from devkit.tracing import _export
+from devkit.tracing._export import BatchExporter, ExportSpan, text_redactor
 from devkit.tracing._span import ServerSpan, ServerSpanFactory
 
 RESOURCE = Resource.create({"service.name": "svc"})
@@ -141,4 +143,119 @@ def test_without_redaction_sdk_spans_pass_through_and_server_spans_become_export
     assert target.got[1] is child
     assert type(target.got[0]) is ExportSpan
     assert target.got[0].attributes == server.attributes  # unredacted, as configured
+    exporter.shutdown(1)
+
+
+# -- the texts of a span: name, events, status, links ------------------------------------------
+
+
+def test_a_server_span_renamed_by_the_app_is_exported_with_its_name_redacted() -> None:
+    target = Recording(plain=True)
+    exporter, drops = exporter_for(target)
+    factory = ServerSpanFactory(ratio=1.0, resource=lambda: RESOURCE, on_end=lambda s: None)
+    span = start_request(factory, "POST", "/login", "cid-1")
+    span.update_name("login for alice@example.com password=hunter2")
+    span.add_event("retry token=t0k3n", {"password": "hunter2"})
+    end_request(factory, span, "/login", 200)
+    exporter([span])
+    assert exporter.force_flush(5)
+    (exported,) = target.got
+    assert "alice@example.com" not in exported.name and "hunter2" not in exported.name
+    assert "login for [REDACTED:email] password=[REDACTED:secret]" in exported.name
+    assert [e.name for e in exported.events] == ["retry token=[REDACTED:secret]"]
+    assert "hunter2" not in repr([dict(e.attributes) for e in exported.events])
+    assert drops == []
+    exporter.shutdown(1)
+
+
+def test_clean_texts_are_exported_as_they_are() -> None:
+    target = Recording(plain=True)
+    exporter, _ = exporter_for(target)
+    tracer = TracerProvider().get_tracer("t")
+    other = tracer.start_span("other")
+    with tracer.start_as_current_span(
+        "GET /items/{item_id}", links=[Link(other.get_span_context())]
+    ) as span:
+        span.add_event("cache miss")
+        span.set_status(Status(StatusCode.ERROR, "upstream timed out"))
+    exporter([span, server_span()])  # type: ignore[list-item]
+    assert exporter.force_flush(5)
+    sdk, server = target.got
+    assert sdk.name == "GET /items/{item_id}" and server.name == "GET /users/{name}"
+    assert sdk.status.description == "upstream timed out"
+    assert sdk.status.status_code is StatusCode.ERROR
+    assert [e.name for e in sdk.events] == ["cache miss"]
+    assert [link.context for link in sdk.links] == [other.get_span_context()]
+    exporter.shutdown(1)
+
+
+def test_sdk_exporters_get_the_texts_redacted_too() -> None:
+    target = Recording()
+    exporter, _ = exporter_for(target)
+    tracer = TracerProvider().get_tracer("t")
+    other = tracer.start_span("other")
+    link = Link(other.get_span_context(), {"note": "api_key=l1nk", "n": 3})
+    with tracer.start_as_current_span("pay password=n4me", links=[link]) as span:
+        span.set_status(Status(StatusCode.ERROR, "denied: token=st4tus"))
+    exporter([span])  # type: ignore[list-item]
+    assert exporter.force_flush(5)
+    (readable,) = target.got
+    assert type(readable) is ReadableSpan
+    assert readable.name == "pay password=[REDACTED:secret]"
+    assert readable.status.description == "denied: token=[REDACTED:secret]"
+    assert dict(readable.links[0].attributes or {}) == {"note": "api_key=[REDACTED:secret]", "n": 3}
+    exporter.shutdown(1)
+
+
+def test_names_are_redacted_once_then_remembered_up_to_a_bound() -> None:
+    calls: list[str] = []
+    redactor = Redactor()
+
+    def counting(text: str) -> str:
+        calls.append(text)
+        return redactor.redact_str(text)
+
+    target = Recording(plain=True)
+    exporter = BatchExporter(target, redact=redactor.redact_attributes, redact_text=counting)
+    spans = [server_span() for _ in range(3)]
+    exporter(spans)
+    assert exporter.force_flush(5)
+    assert calls.count("GET /users/{name}") == 1
+    assert [s.name for s in target.got] == ["GET /users/{name}"] * 3
+    for n in range(_export._NAME_CACHE_MAX + 10):  # distinct names: the cache stops growing
+        exporter._name(f"job {n}")
+    assert len(exporter._names) == _export._NAME_CACHE_MAX
+    exporter._names.clear()
+    long_name = "SELECT " + "x, " * 200 + "password=p4ss"
+    assert exporter._name(long_name).endswith("password=[REDACTED:secret]")
+    assert exporter._names == {}  # redacted each time, not kept
+    assert exporter._name(f"job {_export._NAME_CACHE_MAX + 5} password=x1") == (
+        f"job {_export._NAME_CACHE_MAX + 5} password=[REDACTED:secret]"
+    )
+    exporter.shutdown(1)
+
+
+def test_an_attribute_redactor_of_its_own_also_redacts_the_texts() -> None:
+    def upper(attributes: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v.upper() if isinstance(v, str) else v for k, v in attributes.items()}
+
+    assert text_redactor(upper)("secret name") == "SECRET NAME"
+    assert text_redactor(Redactor().redact_attributes)("token=abc") == "token=[REDACTED:secret]"
+
+
+def test_a_failing_text_redaction_drops_the_span_and_counts_it() -> None:
+    def failing(text: str) -> str:
+        raise RuntimeError("rule broke")
+
+    target = Recording(plain=True)
+    drops: list[Any] = []
+    exporter = BatchExporter(
+        target,
+        redact=Redactor().redact_attributes,
+        redact_text=failing,
+        on_drop=lambda r, n: drops.append((r, n)),
+    )
+    exporter([server_span()])
+    assert exporter.force_flush(5)
+    assert target.got == [] and drops == [("redaction_failed", 1)]
     exporter.shutdown(1)

@@ -1,7 +1,9 @@
 """Span export: the bounded batch queue (``devkit._batch``), with redaction for spans.
 
-Span attributes are redacted on the export thread — only for the spans actually
-exported — and devkit's OTLP encoder takes the plain :class:`ExportSpan` directly.
+Everything of a span that can carry text is redacted on the export thread — only for
+the spans actually exported: its attributes, its name, its events' names and attributes,
+its status description and its links' attributes. devkit's OTLP encoder takes the plain
+:class:`ExportSpan` directly.
 """
 
 from __future__ import annotations
@@ -11,14 +13,37 @@ from typing import Any
 
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.trace import Link, Status
 
 from devkit import _errors
 from devkit._batch import BatchQueue, Count
 from devkit.config import ExportOptions
 
-__all__ = ["BatchExporter", "ExportSpan"]
+__all__ = ["BatchExporter", "ExportSpan", "text_redactor"]
 
 Redact = Callable[[Mapping[str, Any]], dict[str, Any]]
+RedactText = Callable[[str], str]
+
+#: Span and event names come from a small set (devkit's server spans are ``"<method>
+#: <route template>"``): their redacted forms are remembered, up to this many, so a kept
+#: span pays a dict lookup for each name rather than a scan.
+_NAME_CACHE_MAX = 2048
+#: Longer names (an SQL statement for a name) are redacted each time, not kept.
+_NAME_CACHE_CHARS = 256
+
+
+def text_redactor(redact: Redact) -> RedactText:
+    """The text redaction that goes with the attribute redaction ``redact``: the
+    :class:`~devkit.redaction.Redactor`'s own ``redact_str`` when ``redact`` is its
+    ``redact_attributes``, else ``redact`` applied to the text under a neutral key."""
+    own = getattr(getattr(redact, "__self__", None), "redact_str", None)
+    if callable(own):
+        return own  # type: ignore[no-any-return]
+
+    def redact_text(text: str) -> str:
+        return str(redact({"text": text})["text"])
+
+    return redact_text
 
 
 class ExportSpan:
@@ -50,18 +75,28 @@ class ExportSpan:
     dropped_events = 0
     dropped_links = 0
 
-    def __init__(self, span: Any, attributes: dict[str, Any], events: list[Event]) -> None:
-        """``span``'s fields (an SDK span or devkit's server span) with these attributes."""
-        self.name = span.name
+    def __init__(
+        self,
+        span: Any,
+        attributes: dict[str, Any],
+        events: list[Event],
+        *,
+        name: str | None = None,
+        status: Status | None = None,
+        links: list[Link] | None = None,
+    ) -> None:
+        """``span``'s fields (an SDK span or devkit's server span) with these attributes
+        and events, and with ``name``, ``status`` and ``links`` when given (redacted)."""
+        self.name = span.name if name is None else name
         self.context = span.context
         self.parent = span.parent
         self.kind = span.kind
-        self.status = span.status
+        self.status = span.status if status is None else status
         self.start_time = span.start_time
         self.end_time = span.end_time
         self.attributes = attributes
         self.events = events
-        self.links = list(span.links)
+        self.links = list(span.links) if links is None else links
         self.resource = span.resource
         self.instrumentation_scope = span.instrumentation_scope
 
@@ -95,8 +130,11 @@ class BatchExporter(BatchQueue):
         max_batch_size: int = ExportOptions.max_batch_size,
         schedule_delay_s: float = ExportOptions.schedule_delay_s,
         redact: Redact | None = None,
+        redact_text: RedactText | None = None,
         on_drop: Count | None = None,
     ) -> None:
+        """``redact`` filters attributes, ``redact_text`` the span's texts (name, event
+        names, status description); it defaults to the text redaction of ``redact``."""
         super().__init__(
             exporter,
             max_queue_size=max_queue_size,
@@ -105,6 +143,10 @@ class BatchExporter(BatchQueue):
             on_drop=on_drop,
         )
         self._redact = redact
+        if redact_text is None and redact is not None:
+            redact_text = text_redactor(redact)
+        self._redact_text = redact_text
+        self._names: dict[str, str] = {}
         #: The exporter encodes devkit's plain export spans itself (devkit's OTLP encoder).
         self._plain_spans = bool(getattr(exporter, "takes_export_spans", False))
 
@@ -119,15 +161,47 @@ class BatchExporter(BatchQueue):
             return span
         try:
             if redact is None:
-                attributes, events = dict(span.attributes or {}), list(span.events)
+                exported = ExportSpan(span, dict(span.attributes or {}), list(span.events))
             else:
-                attributes = own(redact) if own is not None else redact(span.attributes or {})
-                events = [
-                    Event(e.name, redact(e.attributes or {}), e.timestamp) for e in span.events
-                ]
-            exported = ExportSpan(span, attributes, events)
+                exported = self._redacted(span, redact, own)
         except Exception as exc:
             _errors.report("exporter", "redaction_failed", detail=str(exc))
             self._on_drop("redaction_failed", 1)
             return None
         return exported if self._plain_spans else exported.to_readable()
+
+    def _redacted(self, span: ReadableSpan, redact: Redact, own: Any) -> ExportSpan:
+        attributes = own(redact) if own is not None else redact(span.attributes or {})
+        # The name is looked up in the cache inline: this runs for every exported span.
+        name = span.name
+        clean_name = self._names.get(name)
+        if clean_name is None:
+            clean_name = self._name(name)
+        events: list[Event] = []
+        for e in span.events:  # most spans have none
+            attrs = e.attributes
+            events.append(Event(self._name(e.name), redact(attrs) if attrs else {}, e.timestamp))
+        status = span.status
+        description = status.description
+        if description:
+            assert self._redact_text is not None
+            clean = self._redact_text(description)
+            if clean is not description:
+                status = Status(status.status_code, clean)
+        links = span.links
+        if links:
+            links = [Link(k.context, redact(k.attributes)) if k.attributes else k for k in links]
+        return ExportSpan(
+            span, attributes, events, name=clean_name, status=status, links=list(links)
+        )
+
+    def _name(self, name: str) -> str:
+        """``name`` (a span's or an event's) redacted, remembered while the cache has room."""
+        names = self._names
+        clean = names.get(name)
+        if clean is None:
+            assert self._redact_text is not None
+            clean = self._redact_text(name)
+            if len(names) < _NAME_CACHE_MAX and len(name) <= _NAME_CACHE_CHARS:
+                names[name] = clean
+        return clean
