@@ -237,3 +237,18 @@ def test_the_response_length_from_each_adapters_headers() -> None:
     assert _response_length([("Content-Length", "-1")]) is None
     assert _response_length(ResponseHeaders({})) is None
     assert _response_length(None) is None
+
+
+async def _renaming_app(scope: Any, receive: Any, send: Any) -> None:
+    from opentelemetry import trace
+
+    trace.get_current_span().update_name("login")
+    await _ok_app(scope, receive, send)
+
+
+def test_a_name_the_app_gives_the_server_span_is_kept(devkit_spans: CapturedSpans) -> None:
+    devkit.init(sample_success_ratio=1.0)
+    _asgi(_renaming_app, [])
+    _asgi(_ok_app, [])
+    devkit.shutdown()
+    assert sorted(span.name for span in devkit_spans.spans) == ["POST <unmatched>", "login"]

@@ -375,7 +375,8 @@ class ServerSpanFactory:
             return bool(span.kept)
         request = span._request
         assert request is not None, "end_request is for spans start_request began"
-        span.name = f"{span.name} {request.route}"
+        if span.name is request.method_label:  # not renamed by the app (update_name)
+            span.name = f"{span.name} {request.route}"
         span._finished = True
         if request.error_type is not None and span.status.status_code is not StatusCode.OK:
             span.status = _ERROR
