@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import collections
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -66,8 +69,42 @@ def init(**overrides: Any) -> Runtime:
         _state.set_current(state)
         if not _atexit_registered:
             atexit.register(shutdown)
+            os.register_at_fork(after_in_child=_after_fork_in_child)
             _atexit_registered = True
         return state.view
+
+
+def _after_fork_in_child() -> None:
+    """A child forked after ``init()`` (gunicorn ``--preload``, ``os.fork()`` in a serving
+    process) starts with no request of its own: the parent's requests in flight, and
+    their unfinished books, stay the parent's. Counted as in flight here they would never
+    end: the in-progress gauge would stay up and ``shutdown()`` would wait its whole budget
+    for them. Locks a parent's thread held at the fork are replaced."""
+    state = _state.current()
+    core = state.core if state is not None else None
+    if core is None:
+        return
+    try:
+        # Core's own fields (devkit.http._core): it has no fork hook of its own yet.
+        core._in_flight = 0
+        core._pending = collections.deque()
+        core._pending_lock = threading.RLock()
+        if core.metrics is not None:
+            core.metrics.after_fork_in_child()
+    except Exception as exc:
+        _errors.report("devkit", "after_fork_failed", exc)
+    directory = state.settings.multiprocess_dir if state is not None else None
+    if directory is not None:
+        from devkit import _multiprocess
+        from devkit.exceptions import ConfigError
+
+        # The child's own metrics files (gunicorn --preload: init() ran in the master).
+        # Nothing can be raised into a fork: say it once, clearly, before the first
+        # write to an unbacked page ends the process.
+        try:
+            _multiprocess.reserve(directory)
+        except ConfigError as exc:
+            _errors.report("metrics", "multiprocess_dir_unusable", detail=str(exc))
 
 
 def _build(state: State) -> None:
@@ -87,6 +124,12 @@ def _build(state: State) -> None:
     installation = logs.install(pipeline)
     closers.append(("logs", lambda _t: installation.undo()))
 
+    if settings.multiprocess_dir is not None:
+        from devkit import _multiprocess
+
+        # Before any metric maps a file there: a missing, read-only or full directory is
+        # a ConfigError now, not an OSError (or a SIGBUS) inside a request later.
+        _multiprocess.reserve(settings.multiprocess_dir)
     metrics = RedMetrics(
         REGISTRY,
         buckets=buckets_for(settings.slow_threshold_ms / 1000.0),

@@ -92,6 +92,10 @@ class ExemplarStore:
         if due:
             self.flush()
 
+    def after_fork_in_child(self) -> None:
+        # A lock held by one of the parent's threads at the fork stays held in the child.
+        self._lock = threading.Lock()
+
     def flush(self) -> None:
         """Write this process's exemplars next to the multiprocess files (atomic rename)."""
         if self._directory is None:
@@ -402,6 +406,17 @@ class RedMetrics:
             child = self._decision_children[decision] = self.traces_sampled.labels(decision)
         child.inc(n)
 
+    def after_fork_in_child(self) -> None:
+        """Start a forked child's own books: the requests in progress were the parent's
+        (its threads are not in the child, so their counts would never come down), and a
+        lock one of them held at the fork would stay held for ever."""
+        self._lock = threading.Lock()
+        if self._live is not None:
+            self._live.clear()
+            if isinstance(self.in_progress, _LiveGauge):
+                self.in_progress.reset(self._live, self._lock)
+        self._exemplars.after_fork_in_child()
+
     def unregister(self) -> None:
         for collector in self._collectors:
             try:
@@ -468,6 +483,10 @@ class _LiveGauge(Collector):
     """``http_requests_in_progress{method}`` from devkit's own counts (one process)."""
 
     def __init__(self, live: dict[str, float], lock: threading.Lock) -> None:
+        self._live = live
+        self._lock = lock
+
+    def reset(self, live: dict[str, float], lock: threading.Lock) -> None:
         self._live = live
         self._lock = lock
 
@@ -545,8 +564,13 @@ def mark_process_dead(pid: int, directory: str | None = None) -> None:
     directory = directory if directory is not None else multiprocess_dir()
     if directory is None:
         return
-    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+    # Runs in the gunicorn master: an error here would stop the master, not one worker.
     try:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
         os.remove(os.path.join(directory, f"{_EXEMPLAR_FILE_PREFIX}{pid}.json"))
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        from devkit import _errors
+
+        _errors.report("metrics", "mark_process_dead_failed", exc)
