@@ -45,9 +45,11 @@ regex, ``'eyJ' in s`` before the JWT regex, one digit search before all digit-ba
 patterns, a separator and a key word before the key-value scan, minimum lengths, ...).
 Strings shorter than the shortest pattern are not scanned at all, and a string in which
 nothing matched is returned as the *same object*, so callers can detect "unchanged" with
-``is``. Hostile input stays linear: repetitions are bounded or possessive, most patterns
-may only start where a token starts, and every text scanned for a pair's key or value is
-consumed once (docs/benchmarks.md#redaction).
+``is``. Results for short strings are remembered (bounded: a random eighth of the new
+strings get in, all are forgotten when the cache is full), since log messages and many
+field values repeat from record to record. Hostile input stays linear: repetitions are
+bounded or possessive, most patterns may only start where a token starts, and every text
+scanned for a pair's key or value is consumed once (docs/benchmarks.md#redaction).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
+import random
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -154,6 +157,9 @@ _CLOUD_SLACK = re.compile(r"x(?<![A-Za-z0-9].)ox[abposr]-[A-Za-z0-9-]{10,}+")
 _DIGIT_RUN = re.compile(
     rf"[0-9]{_NOT_AFTER_TOKEN}(?=[0-9 -]{{10}})[0-9]*+(?:[ -][0-9]++)*{_NOT_BEFORE_TOKEN}"
 )
+# A string that is one such run from end to end, whatever its length.
+_NUMBER = re.compile(r"[0-9]++(?:[ -][0-9]++)*+").fullmatch
+_ASCII_DIGITS = frozenset("0123456789")
 # One blank-separated group of a digit run that is an SSN. Area 000, 666 and 9xx, group 00
 # and serial 0000 are never issued.
 _SSN = re.compile(r"[0-8][0-9]{2}(?<!000)(?<!666)-(?!00)[0-9]{2}-(?!0000)[0-9]{4}")
@@ -201,6 +207,13 @@ _AFTER_KEY = frozenset({"=", ":", " ", "\t", '"', "'", "\\"})
 _MAY_BE_MARKER = frozenset("]:")
 
 _MIN_SCAN_LEN = 6  # "a@b.cc"; nothing shorter can match any pattern
+# Results of redact_str() for strings up to this long are remembered, at most this many
+# (then forgotten all at once): log messages and many field values repeat from record to
+# record, and a dict lookup costs a fraction of a scan. Longer strings rarely repeat.
+_STR_CACHE_MAX_LEN = 256
+_STR_CACHE_SIZE = 1024
+# A private generator: redaction must not move the application's random sequence.
+_admit = random.Random().getrandbits
 _CARD_FIRST_DIGITS = frozenset("23456")
 
 # Types whose str() cannot carry PII and which the JSON renderer formats natively.
@@ -287,7 +300,8 @@ class Redactor:
     with ``<kind>:<first 12 hex of HMAC-SHA256(salt, value)>`` so equal values can still
     be correlated. ``extra_keys`` adds sensitive key phrases (``"user_email"``,
     ``"iban"``); ``redact_ip`` also removes IPv4 addresses. Instances are immutable apart
-    from the key cache and safe to share between threads.
+    from their caches (of key decisions and of recent results) and safe to share between
+    threads.
     """
 
     __slots__ = (
@@ -301,6 +315,7 @@ class Redactor:
         "_phrases",
         "_redact_ip",
         "_repl",
+        "_str_cache",
         "_sub_repl",
     )
 
@@ -337,6 +352,8 @@ class Redactor:
         # kind by key; "" for "not sensitive" so a plain .get() tells hit from miss.
         self._key_cache: dict[str, str] = {}
         self._field_actions: dict[frozenset[str], dict[Any, int]] = {}
+        # redact_str() results by string; "" stands for "unchanged" (no output is empty).
+        self._str_cache: dict[str, str] = {}
         self._repl = {kind: self._replacer(kind) for kind in _KINDS}
         # What re.sub() takes: the marker itself when it does not depend on the value
         # (no backslash in it, so it is used literally), else the callback.
@@ -402,6 +419,15 @@ class Redactor:
 
     def redact_str(self, value: str) -> str:
         """``value`` with every PII pattern replaced; the same object if none matched."""
+        # Exact str only: a subclass may define its own hashing and equality.
+        if len(value) <= _STR_CACHE_MAX_LEN and type(value) is str:
+            hit = self._str_cache.get(value)
+            if hit is not None:
+                return hit or value  # "": unchanged
+        return self._scan(value)
+
+    def _scan(self, value: str) -> str:
+        """:meth:`redact_str` without reading its cache (the caller just missed it)."""
         n = len(value)
         if n < _MIN_SCAN_LEN:
             return value
@@ -445,9 +471,14 @@ class Redactor:
         # One ASCII word with a letter (a hex id) holds no standalone number.
         if n >= 7 and not (out.isalnum() and out.isascii() and not out.isdigit()):
             if n >= 11:
-                m = _DIGIT_RUN.search(out)
-                if m is not None:
-                    out = self._digit_runs(out, m)
+                if out[0] in _ASCII_DIGITS and _NUMBER(out) is not None:
+                    # The whole string is one digit run (a card field, a phone number):
+                    # what _DIGIT_RUN would find, without the search.
+                    out = self._digit_run(out)
+                else:
+                    m = _DIGIT_RUN.search(out)
+                    if m is not None:
+                        out = self._digit_runs(out, m)
             if self._redact_ip and "." in out:
                 out = self._sub(_IPV4, out, self._ipv4)
         # Pairs last, so a value that a pattern recognised keeps its kind (token=eyJ...
@@ -464,6 +495,13 @@ class Redactor:
             if present is not None:
                 aligned = out is value and len(low) == n
                 out = self._pairs(out, low if aligned else _lower_aligned(out), present)
+        if n <= _STR_CACHE_MAX_LEN and type(value) is str and not _admit(3):
+            # One miss in eight is remembered: a string that repeats gets in within a few
+            # records, while strings that never repeat seldom fill (and empty) the cache.
+            cache = self._str_cache
+            if len(cache) >= _STR_CACHE_SIZE:
+                cache.clear()  # a dict lookup and insert are atomic: safe between threads
+            cache[value] = "" if out is value else out
         return out
 
     @staticmethod
@@ -793,7 +831,8 @@ class Redactor:
         actions = self._field_actions.get(skip)
         if actions is None:
             actions = self._new_field_actions(skip)
-        redact_str = self.redact_str
+        scan = self._scan
+        cached = self._str_cache.get
         for key, value in event.items():
             try:  # a subscript, not .get(): no method call per field
                 action = actions[key]
@@ -805,7 +844,12 @@ class Redactor:
                 continue
             cls = type(value)
             if cls is str:
-                new = redact_str(value)
+                # redact_str(), its cache read here: a repeated message costs no call
+                new = cached(value) if len(value) <= _STR_CACHE_MAX_LEN else None
+                if new is None:
+                    new = scan(value)
+                elif not new:
+                    continue  # unchanged
             elif cls is int or cls is float or cls is bool or value is None:
                 continue
             else:
