@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import atexit
-import collections
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -85,12 +83,7 @@ def _after_fork_in_child() -> None:
     if core is None:
         return
     try:
-        # Core's own fields (devkit.http._core): it has no fork hook of its own yet.
-        core._in_flight = 0
-        core._pending = collections.deque()
-        core._pending_lock = threading.RLock()
-        if core.metrics is not None:
-            core.metrics.after_fork_in_child()
+        core.after_fork_in_child()
     except Exception as exc:
         _errors.report("devkit", "after_fork_failed", exc)
     directory = state.settings.multiprocess_dir if state is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import structlog
 from prometheus_client import REGISTRY
 
 import devkit
+from devkit import _context
 from devkit.testing import CapturedLogs
 
 
@@ -150,3 +152,59 @@ def test_plain_wsgi_app(devkit_logs: CapturedLogs) -> None:
         count("http_requests_errors_total", method="GET", route="<unmatched>", status_code="503")
         == 1
     )
+
+
+_REQUEST_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("t_request_var", default="-")
+
+
+def test_each_request_runs_in_its_own_context(devkit_logs: CapturedLogs) -> None:
+    """A variable the app sets while answering, or while its body is iterated and closed,
+    is seen by the rest of that request only: never by the next request on the thread, nor
+    by the server around it; devkit's own ids do not stay behind either."""
+    seen: list[tuple[str, str, str | None]] = []
+
+    class Body:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __iter__(self) -> Iterator[bytes]:
+            seen.append(("iterate", _REQUEST_VAR.get(), _context.correlation_id.get()))
+            _REQUEST_VAR.set(self.name + "-body")
+            yield b"ok"
+
+        def close(self) -> None:
+            seen.append(("close", _REQUEST_VAR.get(), _context.correlation_id.get()))
+
+    def app(environ: dict[str, Any], start_response: Any) -> Body:
+        name = environ["PATH_INFO"].strip("/")
+        seen.append(("call", _REQUEST_VAR.get(), _context.correlation_id.get()))
+        _REQUEST_VAR.set(name)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Body(name)
+
+    devkit.init()
+    wrapped = devkit.wsgi(app)
+    for name, cid in (("a", "cid-a"), ("b", "cid-b")):
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": f"/{name}",
+            "HTTP_X_CORRELATION_ID": cid,
+            "wsgi.url_scheme": "http",
+        }
+        body = wrapped(environ, lambda status, headers, exc_info=None: None)
+        assert b"".join(body) == b"ok"
+        body.close()  # type: ignore[attr-defined]
+        # The server's context is untouched by the request.
+        assert _REQUEST_VAR.get() == "-" and _context.correlation_id.get() is None
+    assert seen == [
+        ("call", "-", "cid-a"),
+        ("iterate", "a", "cid-a"),
+        ("close", "a-body", "cid-a"),
+        ("call", "-", "cid-b"),
+        ("iterate", "b", "cid-b"),
+        ("close", "b-body", "cid-b"),
+    ]
+    assert [r["correlation_id"] for r in devkit_logs.find(message="request completed")] == [
+        "cid-a",
+        "cid-b",
+    ]

@@ -436,6 +436,17 @@ class Core:
     def in_flight(self) -> int:
         return self._in_flight
 
+    def after_fork_in_child(self) -> None:
+        """Start a child forked after ``init()`` with no request of its own: the parent's
+        requests in flight and their unfinished books stay the parent's (counted here they
+        would never end), and a lock a parent's thread held at the fork is replaced."""
+        self._in_flight = 0
+        self._loop_queue = (None, ())
+        self._pending = deque()
+        self._pending_lock = threading.RLock()
+        if self.metrics is not None:
+            self.metrics.after_fork_in_child()
+
     # -- begin ------------------------------------------------------------------------------
 
     def begin_scope(self, scope: Scope) -> Request:
@@ -524,7 +535,7 @@ class Core:
                 from_baggage = baggage.get_baggage(_context.BAGGAGE_KEY, parent)
                 if isinstance(from_baggage, str) and valid_correlation_id(from_baggage):
                     inbound_cid = from_baggage
-        cid = inbound_cid or new_correlation_id()
+        cid = inbound_cid or "%032x" % _getrandbits(128)  # new_correlation_id(), inlined
         req.cid = cid
 
         # The W3C propagator adds the correlation id to outbound baggage itself.
@@ -574,7 +585,7 @@ class Core:
         span = req.span
         if span is None or not self.trace_response:
             return None
-        flags = span.context.trace_flags & 0x02
+        flags = span.context[3] & 0x02  # SpanContext.trace_flags, without the property
         if self._records_traces and (
             span.sampled
             or req.status >= 500
@@ -598,6 +609,23 @@ class Core:
             _errors.report("middleware", "finish_failed", error)
         finally:
             self._release(req)
+
+    def finish_copied(self, req: Request, route: str | None) -> None:
+        """:meth:`finish` for a request that ran in a copy of the context which nothing
+        runs in afterwards (the WSGI adapter's): the copy is dropped with the variables
+        the request set, so there is nothing to restore. Never raises."""
+        try:
+            req.end = _perf_counter()
+            req.route = route if route is not None else UNMATCHED_ROUTE
+            self._books(req)
+        except Exception as error:
+            _errors.report("middleware", "finish_failed", error)
+        finally:
+            self._in_flight -= 1
+            # A token refers to its context, which holds the span, which holds the
+            # record: dropped here, the copy is freed at once, not by the cycle collector.
+            req.token = None
+            req.cid_token = None  # type: ignore[assignment]
 
     def finish_soon(self, req: Request, route: str | None) -> None:
         """:meth:`finish` for a request that ended without an exception, on an event loop.
@@ -694,8 +722,8 @@ class Core:
                     span.record_exception(exc)
             else:
                 req.error_type = None
-            assert self.server_spans is not None
-            kept = self.server_spans.end_request(span, span.start_time + int(duration * 1e9))
+            end = span.start_time + int(duration * 1e9)
+            kept = self.server_spans.end_request(span, end)  # type: ignore[union-attr]
             if not kept:
                 # The span of a dropped trace may outlive the request (late children):
                 # it must not hold on to the scope, a large graph.

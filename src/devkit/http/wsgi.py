@@ -4,6 +4,11 @@ Timing and the server span end when the server closes the response iterable, not
 the app returns it, so streamed bodies are measured whole. Each request runs in a fresh
 copy of the context: a field an app binds with ``structlog.contextvars`` in request A
 cannot be seen by request B on the same worker thread.
+
+One object per request, :class:`_Exchange`, is everything the middleware adds: its
+bound ``start_response`` reads the status, and it is the body the server iterates and
+closes. The request's context is entered for the app call, for each step of the body and
+for the close; the copy is not restored afterwards, only dropped.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 from devkit import _state
 from devkit.http._core import (
@@ -31,6 +36,9 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
+_copy_context = contextvars.copy_context
+_END = object()
+
 
 class WSGIMiddleware:
     """devkit's instrumentation for any WSGI application.
@@ -46,56 +54,20 @@ class WSGIMiddleware:
         self._core = core
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        core = self._core or _state.core()
+        core = self._core
+        if core is None:
+            state = _state._current  # _state.core(), inlined on the request path
+            core = state.core if state is not None else None
         if core is None or ACTIVE_KEY in environ:
             return self.app(environ, start_response)
         environ[ACTIVE_KEY] = True
-        path: str = environ.get("PATH_INFO", "") or "/"
-        if path.startswith(core.endpoints.prefixes) and core.endpoints.owns(path):
+        path: str = environ.get("PATH_INFO") or "/"
+        endpoints = core.endpoints
+        if path.startswith(endpoints.prefixes) and endpoints.owns(path):
             accept, authorization = environ.get("HTTP_ACCEPT"), environ.get("HTTP_AUTHORIZATION")
-            answer = core.endpoints.answer(path, accept, authorization)
-            return _send_answer(start_response, answer)
-        ctx = contextvars.copy_context()
-        return ctx.run(self._call, ctx, core, environ, start_response)
-
-    def _call(
-        self,
-        ctx: contextvars.Context,
-        core: Core,
-        environ: Environ,
-        start_response: StartResponse,
-    ) -> Iterable[bytes]:
-        req = core.begin_environ(environ)
-        cid_header = (CORRELATION_HEADER, req.cid)
-
-        def start_response_wrapper(
-            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
-        ) -> Callable[[bytes], object]:
-            try:
-                req.status = int(status[:3])
-            except ValueError:
-                req.status = 500
-            headers.append(cid_header)
-            if core.trace_response:
-                timing = core.server_timing(req)
-                if timing is not None:
-                    # A field of its own: the app's server-timing metrics stay as they are.
-                    headers.append(("Server-Timing", timing.decode("ascii")))
-            req.response_headers = headers
-            if exc_info is not None:
-                return start_response(status, headers, exc_info)
-            return start_response(status, headers)
-
-        try:
-            body = self.app(environ, start_response_wrapper)
-        except BaseException as exc:
-            req.exc = exc
-            core.finish(req, _route_of(environ))
-            raise
-        return _ClosingBody(body, ctx, core, req, environ)
-
-
-_END = object()
+            return _send_answer(start_response, endpoints.answer(path, accept, authorization))
+        ctx = _copy_context()
+        return ctx.run(_begin, ctx, core, environ, start_response, self.app)
 
 
 def _route_of(environ: Environ) -> str | None:
@@ -104,43 +76,68 @@ def _route_of(environ: Environ) -> str | None:
     return None if route is None else str(route)
 
 
-class _ClosingBody:
-    """Iterates the app's body in the request's context; ``close`` finishes the request."""
+class _Exchange:
+    """One request: the app call, the status from ``start_response``, and the body the
+    server gets, iterated in the request's context; ``close`` finishes the request."""
 
-    __slots__ = ("_body", "_iter", "_ctx", "_core", "_req", "_environ", "_done", "_error")
+    __slots__ = (
+        "_ctx",
+        "_core",
+        "_environ",
+        "_start_response",
+        "_req",
+        "_body",
+        "_iter",
+        "_done",
+        "_error",
+    )
 
-    def __init__(
-        self,
-        body: Iterable[bytes],
-        ctx: contextvars.Context,
-        core: Core,
-        req: Request,
-        environ: Environ,
-    ) -> None:
-        self._body = body
-        self._iter: Iterator[bytes] | None = None
-        self._ctx = ctx
-        self._core = core
-        self._req = req
-        self._environ = environ
-        self._done = False
-        self._error: BaseException | None = None
+    _ctx: contextvars.Context
+    _core: Core
+    _environ: Environ
+    _start_response: StartResponse
+    _req: Request
+    _body: Iterable[bytes]
+    _iter: Iterator[bytes] | None
+    _done: bool
+    _error: BaseException | None
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Callable[[bytes], object]:
+        req = self._req
+        try:
+            req.status = int(status[:3])
+        except ValueError:
+            req.status = 500
+        headers.append((CORRELATION_HEADER, req.cid))
+        core = self._core
+        if core.trace_response:
+            timing = core.server_timing(req)
+            if timing is not None:
+                # A field of its own: the app's server-timing metrics stay as they are.
+                headers.append(("Server-Timing", timing.decode("ascii")))
+        req.response_headers = headers
+        if exc_info is not None:
+            return self._start_response(status, headers, exc_info)
+        return self._start_response(status, headers)
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
-        if self._iter is None:
-            self._iter = iter(self._body)
+        chunks = self._iter
+        if chunks is None:
+            chunks = self._iter = iter(self._body)
         try:
             # The default keeps StopIteration from unwinding through Context.run.
-            chunk = self._ctx.run(next, self._iter, _END)
+            chunk = self._ctx.run(next, chunks, _END)
         except BaseException as exc:
             self._error = exc
             raise
         if chunk is _END:
             raise StopIteration
-        return cast(bytes, chunk)
+        return chunk  # type: ignore[return-value]
 
     def close(self) -> None:
         if self._done:
@@ -156,8 +153,10 @@ class _ClosingBody:
                 close()
         finally:
             req = self._req
-            req.exc = self._error or self._environ.get(EXCEPTION_KEY)
-            self._core.finish(req, _route_of(self._environ))
+            environ = self._environ
+            req.exc = self._error or environ.get(EXCEPTION_KEY)
+            route = environ.get(ROUTE_KEY)  # _route_of, inlined
+            self._core.finish_copied(req, None if route is None else str(route))
 
     def __del__(self) -> None:
         # A server that never calls close() must not leak the in-progress gauge.
@@ -166,6 +165,40 @@ class _ClosingBody:
                 self.close()
             except Exception:
                 pass
+
+
+_new_exchange = object.__new__
+
+
+def _begin(
+    ctx: contextvars.Context,
+    core: Core,
+    environ: Environ,
+    start_response: StartResponse,
+    app: WSGIApp,
+) -> _Exchange:
+    """In the request's context: open the record and call the app.
+
+    The exchange is filled here rather than by an ``__init__``: a class's ``__init__``
+    is a call from C into Python on every request.
+    """
+    exchange: _Exchange = _new_exchange(_Exchange)
+    exchange._ctx = ctx
+    exchange._core = core
+    exchange._environ = environ
+    exchange._start_response = start_response
+    exchange._iter = None
+    exchange._error = None
+    exchange._done = True  # nothing to finish until the app handed over a body
+    req = exchange._req = core.begin_environ(environ)
+    try:
+        exchange._body = app(environ, exchange.start_response)
+    except BaseException as exc:
+        req.exc = exc
+        core.finish_copied(req, _route_of(environ))
+        raise
+    exchange._done = False
+    return exchange
 
 
 def _send_answer(start_response: StartResponse, answer: Answer) -> Iterable[bytes]:

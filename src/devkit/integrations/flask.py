@@ -13,7 +13,7 @@ from functools import partial
 from types import ModuleType
 from typing import Any
 
-from devkit.http._core import EXCEPTION_KEY, ROUTE_KEY
+from devkit.http._core import ACTIVE_KEY, EXCEPTION_KEY, ROUTE_KEY
 from devkit.http.wsgi import WSGIMiddleware
 
 __all__ = ["PATCHES", "record_exception"]
@@ -36,6 +36,8 @@ def _patch_flask(flask: ModuleType) -> Callable[[], None]:
         return lambda: None
 
     def wsgi_app(self: Any, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if ACTIVE_KEY in environ:  # an outer devkit layer (explicit wrapping) does the work
+            return original(self, environ, start_response)  # type: ignore[no-any-return]
         middleware = self.__dict__.get(_INSTANCE_KEY)
         if middleware is None:
             middleware = WSGIMiddleware(partial(original, self))
