@@ -2,7 +2,8 @@
 
 Prints the markdown table on stdout (progress goes to stderr) and writes
 ``benchmarks/results/latest.md`` and ``latest.json`` (``server.md`` and ``server.json``
-when only the server-level suite ran, so it does not overwrite the in-process results).
+when only server-level suites ran, ``server-gunicorn.md`` and ``.json`` when only that
+one did, so they do not overwrite the in-process results).
 With ``--gate`` the exit status is 1 when devkit's overhead ratio exceeds ``budget.json``
 or cannot be measured.
 """
@@ -132,9 +133,11 @@ def _plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
 
 
 def results_name(suites: dict[str, tuple[str, ...]]) -> str:
-    """``server`` when only server-level suites ran, else ``latest``: neither run
-    overwrites the other's files."""
-    return "server" if suites and all(SUITES[s].is_server for s in suites) else "latest"
+    """``server`` when only server-level suites ran (``server-gunicorn`` when that was
+    the only one), else ``latest``: none of these runs overwrites another's files."""
+    if not suites or not all(SUITES[s].is_server for s in suites):
+        return "latest"
+    return "server-gunicorn" if set(suites) == {"server-gunicorn"} else "server"
 
 
 def _load_budget(path: Path) -> dict[str, float]:

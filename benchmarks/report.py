@@ -299,6 +299,12 @@ def _paired_ratio(samples: list[float], baseline: list[float]) -> float | None:
     return stats.summarize([a / b for a, b in zip(samples, baseline, strict=True)]).median
 
 
+_SERVER_COMMANDS = {
+    "uvicorn": "uvicorn (1 worker, --no-access-log, --log-level warning)",
+    "gunicorn": "gunicorn (1 sync worker, no access log, --log-level warning)",
+}
+
+
 def analyse(result: RunResult) -> dict[str, Any]:
     """The results document: machine, run settings and per-suite numbers."""
     plan = result.plan
@@ -323,8 +329,11 @@ def analyse(result: RunResult) -> dict[str, Any]:
     }
     if has_server:
         run["server_rounds"] = plan.server_rounds
+        servers = sorted(
+            {SUITES[name].server or "uvicorn" for name in plan.suites if SUITES[name].is_server}
+        )
         run["server"] = {
-            "command": "uvicorn (1 worker, --no-access-log, --log-level warning)",
+            "command": " and ".join(_SERVER_COMMANDS[name] for name in servers),
             "load": plan.load.describe(),
             "duration_s": plan.load.duration_s,
             "connections": plan.load.connections,
@@ -480,7 +489,8 @@ def _server_markdown(name: str, data: dict[str, Any], rounds: int) -> list[str]:
         "`x bare` for req/s: higher is better (devkit's target is at least 0.70); for "
         "latency: lower is better. `x bare, paired`: the median over rounds of each "
         "round's req/s over the bare app's in the same round, steadier when the machine's "
-        "speed drifts. Server CPU: the uvicorn process's user + system time "
+        "speed drifts. Server CPU: the server's user + system time (uvicorn's process; "
+        "gunicorn's master and worker) "
         "during the timed load divided by the requests wrk completed. `spans/req exported`: "
         "spans the receiver got over every request the server answered.",
     ]

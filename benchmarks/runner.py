@@ -181,13 +181,22 @@ def _note(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _server_unavailable(suite: Suite) -> str | None:
+    """Why a server-level suite cannot run here (None for the in-process suites)."""
+    if not suite.is_server:
+        return None
+    if suite.server not in (None, "uvicorn"):
+        return server.unavailable_reason(suite.server)
+    return server.unavailable_reason()
+
+
 def run(plan: Plan, progress: Callable[[str], None] = _note) -> RunResult:
     """Run every planned (suite, variant) once per round and collect the samples."""
     started = time.monotonic()
     variants = {s: {v: VariantRun() for v in vs} for s, vs in plan.suites.items()}
     unavailable: dict[str, str] = {}
     for suite_name, runs in variants.items():
-        suite_reason = server.unavailable_reason() if SUITES[suite_name].is_server else None
+        suite_reason = _server_unavailable(SUITES[suite_name])
         if suite_reason is not None:
             unavailable[suite_name] = suite_reason
             progress(f"{suite_name}: unavailable: {suite_reason}; the suite is excluded")
@@ -211,7 +220,9 @@ def run(plan: Plan, progress: Callable[[str], None] = _note) -> RunResult:
                 if suite.is_server:
                     env = server_env()
                     endpoint = receiver.endpoint
-                    result, stderr = server.measure(variant, endpoint, env, ROOT, plan.load)
+                    result, stderr = server.measure(
+                        variant, endpoint, env, ROOT, plan.load, suite.server or "uvicorn"
+                    )
                 else:
                     result, stderr = _run_worker(suite, variant, plan, receiver)
                 _record(vrun, suite, plan, result, stderr, receiver.take())

@@ -1,7 +1,9 @@
-"""Server-level suite: uvicorn serving the Starlette app, loaded by wrk on 127.0.0.1.
+"""Server-level suites: uvicorn serving the Starlette app, or gunicorn (sync workers)
+serving the Flask app, loaded by wrk on 127.0.0.1.
 
 The in-process suites isolate the middleware's cost; this one shows what a user sees: a
-real server (uvicorn, one worker, no access log), real sockets and HTTP parsing, and a
+real server (uvicorn or gunicorn, one worker, no access log), real sockets and HTTP
+parsing, and a
 load generator (``wrk``, closed loop: a fixed number of connections, each sending its
 next request when the previous one is answered). Both share the machine's cores with
 each other and with the harness's OTLP receiver, as they would on a small host.
@@ -9,7 +11,12 @@ each other and with the harness's OTLP receiver, as they would on a small host.
 One measurement: start the server, wait until it answers, warm it up for a second, read
 the server's CPU time, load it for ``duration_s`` seconds, read the CPU time again, then
 stop it with SIGTERM and wait for it to exit (it flushes its queued spans at lifespan
-shutdown). Every step is bounded in time; traffic only goes to 127.0.0.1.
+shutdown; a gunicorn worker when it exits). Every step is bounded in time; traffic only
+goes to 127.0.0.1.
+
+gunicorn's sync worker serves one request at a time and closes the connection after each
+answer (it has no keep-alive), so wrk opens a connection per request there: what a sync
+worker costs its users, and the same for every variant.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from benchmarks.server_app import ENDPOINT_ENV, UNAVAILABLE_MARK, VARIANT_ENV
 
 __all__ = [
     "HOST",
+    "SERVERS",
     "STACKS",
     "CpuUse",
     "LiveServer",
@@ -75,12 +83,17 @@ class LoadSettings:
         )
 
 
-def unavailable_reason() -> str | None:
-    """Why the suite cannot run on this machine, or None."""
+#: The servers a server-level suite can run: uvicorn (ASGI, the Starlette app) and
+#: gunicorn with sync workers (WSGI, the Flask app).
+SERVERS = ("uvicorn", "gunicorn")
+
+
+def unavailable_reason(server: str = "uvicorn") -> str | None:
+    """Why a suite of ``server`` cannot run on this machine, or None."""
     if shutil.which("wrk") is None:
         return "wrk not installed (apt-get install wrk)"
-    if find_spec("uvicorn") is None:
-        return "uvicorn not installed (pip install uvicorn)"
+    if find_spec(server) is None:
+        return f"{server} not installed (pip install {server})"
     return None
 
 
@@ -221,6 +234,37 @@ def command(port: int, stack: str = "h11") -> list[str]:
     ]
 
 
+def gunicorn_command(port: int) -> list[str]:
+    """The gunicorn command line: one sync worker serving the Flask app on 127.0.0.1,
+    no access log (gunicorn writes none unless asked), warnings only."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "benchmarks.server_app:create_wsgi_app()",
+        "--bind",
+        f"{HOST}:{port}",
+        "--workers",
+        "1",
+        "--worker-class",
+        "sync",
+        "--log-level",
+        "warning",
+        *_gunicorn_control_socket_off(),
+    ]
+
+
+def _gunicorn_control_socket_off() -> list[str]:
+    # gunicorn >= 25 opens a control socket at a fixed path in $HOME: two servers at once
+    # (another benchmark, a test) would clash on it.
+    try:
+        from gunicorn.config import KNOWN_SETTINGS  # type: ignore[import-untyped]
+    except ImportError:
+        return []
+    names = {setting.name for setting in KNOWN_SETTINGS}
+    return ["--no-control-socket"] if "control_socket_disable" in names else []
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
@@ -276,19 +320,51 @@ class CpuUse:
         """The CPU time used so far by process ``pid`` (Linux /proc)."""
         return cls(_cpu_seconds(f"/proc/{pid}/stat"), _cpu_seconds(f"/proc/{pid}/task/{pid}/stat"))
 
+    @classmethod
+    def read_tree(cls, pid: int) -> CpuUse:
+        """The CPU time of process ``pid`` and its live children (a gunicorn master and its
+        workers); the request thread is each worker's main thread."""
+        total, request_thread = cls.read(pid).total_s, 0.0
+        for child in _children(pid):
+            try:
+                worker = cls.read(child)
+            except (OSError, ValueError):  # exited in between
+                continue
+            total += worker.total_s
+            request_thread += worker.request_thread_s
+        return cls(total, request_thread)
+
     def __sub__(self, before: CpuUse) -> CpuUse:
         return CpuUse(
             self.total_s - before.total_s, self.request_thread_s - before.request_thread_s
         )
 
 
+def _children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (scanned from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="ascii")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[1] == str(pid):
+            found.append(int(entry.name))
+    return found
+
+
 class LiveServer:
-    """One uvicorn serving ``variant`` on a free port of 127.0.0.1 until :meth:`stop`.
+    """One server serving ``variant`` on a free port of 127.0.0.1 until :meth:`stop`.
 
     Shared by the server suite (a fresh server per round), the paired run (one server
     per variant kept up across bursts) and the server-level instruction count, so all
     start, load and stop servers alike. ``prefix`` runs uvicorn under another program
-    (valgrind); ``stack`` picks uvicorn's parser and loop (:data:`STACKS`).
+    (valgrind); ``stack`` picks uvicorn's parser and loop (:data:`STACKS`). ``server``
+    is ``uvicorn`` (an ASGI variant) or ``gunicorn`` (a WSGI variant, one sync worker;
+    its CPU time is the master's and the worker's).
     """
 
     def __init__(
@@ -300,11 +376,16 @@ class LiveServer:
         stderr: IO[bytes] | int = subprocess.DEVNULL,
         prefix: Sequence[str] = (),
         stack: str = "h11",
+        server: str = "uvicorn",
     ) -> None:
+        if server not in SERVERS:
+            raise ValueError(f"unknown server {server!r}; known: {', '.join(SERVERS)}")
         self.variant = variant
+        self.server = server
         self.port = _free_port()
+        argv = gunicorn_command(self.port) if server == "gunicorn" else command(self.port, stack)
         self.proc = subprocess.Popen(
-            [*prefix, *command(self.port, stack)],
+            [*prefix, *argv],
             cwd=cwd,
             env={**env, VARIANT_ENV: variant, ENDPOINT_ENV: endpoint},
             stdout=subprocess.DEVNULL,
@@ -326,9 +407,10 @@ class LiveServer:
 
     def load(self, duration_s: int, load: LoadSettings) -> tuple[WrkResult, CpuUse]:
         """Load the server with wrk; returns wrk's result and the CPU the server used."""
-        before = CpuUse.read(self.proc.pid)
+        read = CpuUse.read_tree if self.server == "gunicorn" else CpuUse.read
+        before = read(self.proc.pid)
         result = _run_wrk(self.port, duration_s, load)
-        return result, CpuUse.read(self.proc.pid) - before
+        return result, read(self.proc.pid) - before
 
     def stop(self) -> tuple[int | None, str | None]:
         """SIGTERM and wait; kill after the timeout. Returns (exit status, problem)."""
@@ -345,16 +427,22 @@ class LiveServer:
 
 
 def measure(
-    variant: str, endpoint: str, env: dict[str, str], cwd: Path, load: LoadSettings
+    variant: str,
+    endpoint: str,
+    env: dict[str, str],
+    cwd: Path,
+    load: LoadSettings,
+    server: str = "uvicorn",
 ) -> tuple[dict[str, Any], str]:
-    """Serve ``variant`` with uvicorn and load it with wrk. Returns (result, server stderr).
+    """Serve ``variant`` with ``server`` and load it with wrk. Returns (result, server
+    stderr).
 
     The result has the shape the runner records: ``values`` (requests/s, p50 and p99 in
     ms), ``cpu_us_per_op`` (server CPU per request) and ``operations`` (every request the
     server answered, readiness probes and warm-up included, for the span count).
     """
     with tempfile.TemporaryFile() as err:
-        live = LiveServer(variant, endpoint, env, cwd, stderr=err)
+        live = LiveServer(variant, endpoint, env, cwd, stderr=err, server=server)
         result: dict[str, Any]
         try:
             probes = live.wait_ready()
@@ -374,7 +462,8 @@ def measure(
         return {"status": "unavailable", "reason": unavailable[0][len(UNAVAILABLE_MARK) :]}, ""
     if problem is not None:
         result.setdefault("warnings", []).append(problem)
-    # uvicorn re-raises SIGTERM after its graceful shutdown, so -SIGTERM is a clean exit.
+    # uvicorn re-raises SIGTERM after its graceful shutdown, so -SIGTERM is a clean exit
+    # (gunicorn's master exits 0).
     if result["status"] == "ok" and code not in (0, -signal.SIGTERM):
         result["warnings"] = [*result.get("warnings", []), f"server exited with status {code}"]
     return result, stderr

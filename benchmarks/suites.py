@@ -23,9 +23,11 @@ class Suite:
     baseline: str
     #: The variant overheads are compared with (the hand-assembled stack).
     reference: str | None
-    #: Run when no ``--suite`` is named. The server suite is not: it takes minutes of
-    #: wall time per round and its load generator may be missing.
+    #: Run when no ``--suite`` is named. The server suites are not: they take minutes of
+    #: wall time per round and their load generator may be missing.
     default: bool = True
+    #: The server of a server-level suite (``benchmarks.server.SERVERS``).
+    server: str | None = None
 
     @property
     def is_http(self) -> bool:
@@ -58,6 +60,17 @@ SUITES: dict[str, Suite] = {
             "bare",
             "stack",
             default=False,
+            server="uvicorn",
+        ),
+        Suite(
+            "server-gunicorn",
+            "server",
+            tuple(WSGI_VARIANTS),
+            ("requests_per_s", "p50_ms", "p99_ms"),
+            "bare",
+            "stack",
+            default=False,
+            server="gunicorn",
         ),
     )
 }

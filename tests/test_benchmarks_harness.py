@@ -382,6 +382,56 @@ def test_server_only_runs_write_their_own_results_files() -> None:
     assert bench_main.results_name(both) == "latest"
 
 
+def test_gunicorn_runs_write_their_own_results_files() -> None:
+    assert bench_main.results_name({"server-gunicorn": ("bare",)}) == "server-gunicorn"
+    both = {"server-gunicorn": ("bare",), "server-uvicorn": ("bare",)}
+    assert bench_main.results_name(both) == "server"
+    assert SUITES["server-gunicorn"].server == "gunicorn"
+    assert "server-gunicorn" not in _parse().suites
+
+
+def test_gunicorn_command_is_one_sync_worker_on_loopback() -> None:
+    cmd = server.gunicorn_command(8123)
+    assert cmd[1:4] == ["-m", "gunicorn", "benchmarks.server_app:create_wsgi_app()"]
+    assert cmd[cmd.index("--bind") + 1] == "127.0.0.1:8123"
+    assert cmd[cmd.index("--workers") + 1] == "1"
+    assert cmd[cmd.index("--worker-class") + 1] == "sync"
+    assert cmd[cmd.index("--log-level") + 1] == "warning"
+    assert "--access-logfile" not in cmd  # gunicorn writes no access log unless asked
+    with pytest.raises(ValueError, match="unknown server"):
+        server.LiveServer("bare", "http://127.0.0.1:9", {}, Path("."), server="hypercorn")
+
+
+def test_server_app_builds_the_wsgi_variant() -> None:
+    import flask
+
+    app = server_app.build_wsgi("bare", "http://127.0.0.1:9", io.BytesIO())
+    assert isinstance(app, flask.Flask)
+    response = app.test_client().get("/items/42")
+    assert response.status_code == 200 and response.get_json()["item_id"] == 42
+    with pytest.raises(ValueError, match="unknown WSGI variant"):
+        server_app.build_wsgi("nope", "http://127.0.0.1:9", io.BytesIO())
+
+
+def test_cpu_use_of_a_process_tree_counts_its_children() -> None:
+    import subprocess
+
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    child = subprocess.Popen([sys.executable, "-c", burn + "\ntime.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while server.CpuUse.read(child.pid).total_s < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        own = server.CpuUse.read(os.getpid())
+        tree = server.CpuUse.read_tree(os.getpid())
+        # The child's CPU is in the tree's total and its main thread is a request thread.
+        assert tree.total_s >= own.total_s + 0.25
+        assert tree.request_thread_s >= 0.25
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_server_app_builds_the_variant_with_a_flushing_lifespan() -> None:
     from starlette.applications import Starlette
 
