@@ -29,6 +29,7 @@ import functools
 import inspect
 import math
 import os
+import re
 import threading
 import time
 import weakref
@@ -80,6 +81,18 @@ MAX_CIRCUIT_BREAKERS: Final = 64
 MAX_LABEL_CHARS: Final = 128
 #: Names of the checks devkit adds itself; user checks cannot take them.
 RESERVED_NAMES: Final = frozenset({"started", "shutdown", "event_loop", "devkit"})
+
+#: A file system path in a check's error text: the probe body is served to anyone who
+#: can reach the port, and a path tells them how the pod is laid out (install prefix,
+#: mounted secrets, user names). An absolute POSIX path of two or more parts (not one
+#: inside a URL or a word: ``host/db``, ``a/b``, ``scheme://``), a home-relative one, or
+#: a Windows drive path.
+_PATH = re.compile(
+    r"""(?<![\w.:/~\\-])~?(?:/[^\s/'"`<>|:;,()\[\]{}]+){2,}/?"""
+    r"""|~/[^\s'"`<>|:;,()\[\]{}]+"""
+    r"""|(?<![\w])[A-Za-z]:\\[^\s'"`<>|;,()\[\]{}]*"""
+)
+_PATH_MARKER: Final = "[REDACTED:path]"
 
 _NOT_STARTED = "application startup not complete"
 _SHUTTING_DOWN = "shutting down"
@@ -288,6 +301,11 @@ def _judge(value: object, duration_s: float) -> _Outcome:
     if truthy:
         return _Outcome(True, duration_s)
     return _Outcome(False, duration_s, error=f"check returned a false {type(value).__name__}")
+
+
+def _hide_paths(text: str) -> str:
+    """``text`` with every file system path replaced by :data:`_PATH_MARKER`."""
+    return _PATH.sub(_PATH_MARKER, text) if ("/" in text or "\\" in text) else text
 
 
 def _truncate(text: str) -> str:
@@ -890,7 +908,7 @@ class HealthRegistry:
             except Exception as exc:
                 _errors.report("health", "redact_failed", exc)
                 return _fail("error text withheld: redaction failed", ms)
-        return _fail(_truncate(text), ms)
+        return _fail(_truncate(_hide_paths(text)), ms)
 
     def _after_fork_in_child(self) -> None:
         # Pool threads and running calls stayed in the parent.
