@@ -134,10 +134,19 @@ class BatchQueue:
             if room < len(items):
                 self._on_drop("export_queue_full", len(items) - max(room, 0))
                 items = items[: max(room, 0)]
+            if items and type(items[0]) is bytes:
+                # An encoded record may sit in a buffer much larger than itself (orjson's
+                # output keeps its whole initial allocation), and a queued one may wait as
+                # long as the collector is away: keep its bytes only.
+                items = [memoryview(item).tobytes() for item in items]
+            queued = len(self._queue)
             self._queue.extend(items)
             if self._thread is None:
                 self._start_locked()
-            if len(self._queue) >= self._max_batch:
+            # Wake the export thread only when a batch has just become ready: not for each
+            # item offered to a full queue, nor while it waits to retry a held batch. A
+            # woken thread takes the GIL from the request that woke it.
+            if queued < self._max_batch <= len(self._queue) and self._held is None:
                 self._cond.notify()
 
     def in_worker(self) -> bool:

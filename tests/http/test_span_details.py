@@ -252,3 +252,25 @@ def test_a_name_the_app_gives_the_server_span_is_kept(devkit_spans: CapturedSpan
     _asgi(_ok_app, [])
     devkit.shutdown()
     assert sorted(span.name for span in devkit_spans.spans) == ["POST <unmatched>", "login"]
+
+
+class _AppState:
+    """Stands for what frameworks put in the scope (routers, exit stacks, responses)."""
+
+
+def test_a_kept_span_does_not_keep_the_scope(devkit_spans: CapturedSpans) -> None:
+    import gc
+    import weakref
+
+    devkit.init(sample_success_ratio=1.0)
+    state = _AppState()
+    alive = weakref.ref(state)
+    _asgi(_ok_app, [(b"user-agent", b"curl/8.5.0")], state=state)
+    del state
+    gc.collect()
+    # The span waits for export (here: until shutdown) with the request's record...
+    assert alive() is None, "the kept span holds the whole scope"
+    attributes = _attributes(devkit_spans)
+    # ...and its attributes are still read from what it kept.
+    assert attributes["user_agent.original"] == "curl/8.5.0"
+    assert attributes["client.address"] == "10.1.2.3"

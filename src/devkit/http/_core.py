@@ -217,6 +217,33 @@ def _scope_details(
     )
 
 
+#: What :func:`_scope_details` and :func:`_environ_details` read (``REQUEST_METHOD`` tells
+#: an environ from a scope).
+_SCOPE_DETAIL_KEYS = ("headers", "client", "server", "http_version")
+_ENVIRON_DETAIL_KEYS = (
+    "REQUEST_METHOD",
+    "SERVER_PROTOCOL",
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "HTTP_FORWARDED",
+    "HTTP_X_FORWARDED_HOST",
+    "HTTP_HOST",
+    "HTTP_X_FORWARDED_FOR",
+    "HTTP_USER_AGENT",
+    "CONTENT_LENGTH",
+)
+
+
+def _detail_source(source: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The part of a scope or environ the span's attributes are read from."""
+    if source is None:
+        return None
+    keys = _ENVIRON_DETAIL_KEYS if "REQUEST_METHOD" in source else _SCOPE_DETAIL_KEYS
+    return {key: source[key] for key in keys if key in source}
+
+
 _DETAIL_HEADERS = frozenset(
     {b"forwarded", b"x-forwarded-host", b"host", b"x-forwarded-for", b"user-agent"}
     | {b"content-length"}
@@ -728,8 +755,13 @@ class Core:
                 # The span of a dropped trace may outlive the request (late children):
                 # it must not hold on to the scope, a large graph.
                 req.source = req.response_headers = None
-            elif self.exemplars:
-                req.exemplar = "%032x" % req.trace_id
+            else:
+                # A kept span waits in the export queue (for as long as a collector is
+                # away): it keeps only what its attributes are read from, not the scope
+                # with the app's objects in it.
+                req.source = _detail_source(req.source)
+                if self.exemplars:
+                    req.exemplar = "%032x" % req.trace_id
 
         if self.metrics is not None:
             self.metrics.observe(req)
