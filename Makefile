@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 EXTRAS := dev,otlp,fastapi,flask,django,bench,slo,canary
 
-.PHONY: test lint typecheck unit demo bench bench-quick bench-paired clean
+.PHONY: test lint typecheck unit reliability demo bench bench-quick bench-paired clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration"
+
+## make reliability: the whole fault-injection suite, slow cases too, recorded; then the
+## tables of docs/reliability.md are written from what it measured.
+reliability: $(STAMP)
+	rm -f tests/reliability/results/*.json
+	DEVKIT_RELIABILITY_FULL=1 DEVKIT_RELIABILITY_RECORD=1 $(BIN)/python -m pytest tests/reliability \
+		--deselect tests/reliability/test_report.py::test_docs_reliability_holds_the_recorded_rows
+	$(BIN)/python tests/reliability/report.py
 
 ## make demo: run the demo service and drive traffic at it.
 demo: $(STAMP)
