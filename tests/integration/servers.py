@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,10 +220,15 @@ class Prometheus:
 
 @contextmanager
 def prometheus(
-    tmp: Path, targets: dict[str, int], rule_files: Sequence[Path] = ()
+    tmp: Path,
+    targets: dict[str, int],
+    rule_files: Sequence[Path] = (),
+    job_settings: Mapping[str, str] | None = None,
 ) -> Iterator[Prometheus]:
     """The real Prometheus scraping each ``{job: port}`` on 127.0.0.1 every second and
-    evaluating ``rule_files`` every second, with exemplar storage on."""
+    evaluating ``rule_files`` every second, with exemplar storage on. ``job_settings``
+    adds YAML lines to a job's configuration (an ``authorization`` block, say)."""
+    settings = job_settings or {}
     binary = shutil.which("prometheus")
     if binary is None:
         tool_missing("prometheus not installed: .ci/run installs the Debian package")
@@ -233,7 +238,7 @@ def prometheus(
     scrape_interval: 1s
     scrape_timeout: 1s
     metrics_path: /metrics
-    static_configs:
+{settings.get(job, "")}    static_configs:
       - targets: ["127.0.0.1:{port}"]"""
         for job, port in targets.items()
     )

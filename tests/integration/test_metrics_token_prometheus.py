@@ -10,16 +10,14 @@ series are stored), one without credentials and one with a wrong token (both dow
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from servers import Prometheus, clean_env, free_port, poll, serve, tool_missing, uvicorn_argv
+import servers
+from servers import Prometheus, clean_env, free_port, poll, serve, uvicorn_argv
 
 pytestmark = pytest.mark.integration
 
@@ -44,58 +42,8 @@ def jobs_for(token: str) -> dict[str, str]:
 def prometheus(tmp: Path, port: int, jobs: dict[str, str]) -> Iterator[Prometheus]:
     """The real Prometheus scraping ``127.0.0.1:port`` every second, once per job of
     ``jobs`` (name -> its ``authorization`` block)."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        tool_missing("prometheus not installed: .ci/run installs the Debian package")
-    jobs = "".join(
-        f"  - job_name: {job}\n"
-        "    scrape_interval: 1s\n"
-        "    scrape_timeout: 1s\n"
-        f"{auth}"
-        f"    static_configs:\n"
-        f'      - targets: ["127.0.0.1:{port}"]\n'
-        for job, auth in jobs.items()
-    )
-    config = tmp / "prometheus.yml"
-    config.write_text(f"global:\n  scrape_interval: 1s\nscrape_configs:\n{jobs}")
-    listen = free_port()
-    log_path = tmp / "prometheus.log"
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp / 'data'}",
-                f"--web.listen-address=127.0.0.1:{listen}",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp,
-        )
-    url = f"http://127.0.0.1:{listen}"
-    try:
-        with httpx.Client(base_url=url, timeout=10) as client:
-            prom = Prometheus(url, log_path, time.time(), client)
-            deadline = time.monotonic() + 30
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"prometheus exited early:\n{prom.log()}")
-                try:
-                    if client.get("/-/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"prometheus did not become ready:\n{prom.log()}")
-                time.sleep(0.1)
-            yield prom
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    with servers.prometheus(tmp, dict.fromkeys(jobs, port), job_settings=jobs) as prom:
+        yield prom
 
 
 def scrape_with_and_without(prom: Prometheus, jobs: dict[str, str]) -> dict[str, float]:
