@@ -208,3 +208,32 @@ def test_each_request_runs_in_its_own_context(devkit_logs: CapturedLogs) -> None
         "cid-a",
         "cid-b",
     ]
+
+
+def test_a_body_the_server_never_closes_finishes_when_it_is_freed(
+    devkit_logs: CapturedLogs,
+) -> None:
+    import gc
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    devkit.init()
+    wrapped = devkit.wsgi(app)
+    def environ() -> dict[str, Any]:
+        return {"REQUEST_METHOD": "GET", "PATH_INFO": "/unclosed", "wsgi.url_scheme": "http"}
+
+    body = wrapped(environ(), lambda status, headers, exc_info=None: None)
+    assert b"".join(body) == b"ok"
+    assert count("http_requests_in_progress", method="GET") == 1
+    del body  # no close(): a server that breaks PEP 3333
+    gc.collect()
+    assert count("http_requests_in_progress", method="GET") == 0
+    (record,) = devkit_logs.find(message="request completed", path="/unclosed")
+    assert record["status_code"] == 200
+    closed = wrapped(environ(), lambda status, headers, exc_info=None: None)
+    list(closed)
+    closed.close()  # type: ignore[attr-defined]
+    assert count("http_requests_in_progress", method="GET") == 0
+    assert len(devkit_logs.find(message="request completed", path="/unclosed")) == 2

@@ -143,6 +143,8 @@ class _Exchange:
         if self._done:
             return
         self._done = True
+        # Closed: no finaliser to run when it is freed (a call into Python per request).
+        self.__class__ = _Exchange
         self._ctx.run(self._close)
 
     def _close(self) -> None:
@@ -157,6 +159,12 @@ class _Exchange:
             req.exc = self._error or environ.get(EXCEPTION_KEY)
             route = environ.get(ROUTE_KEY)  # _route_of, inlined
             self._core.finish_copied(req, None if route is None else str(route))
+
+
+class _Unclosed(_Exchange):
+    """An exchange until it is closed."""
+
+    __slots__ = ()
 
     def __del__(self) -> None:
         # A server that never calls close() must not leak the in-progress gauge.
@@ -182,7 +190,7 @@ def _begin(
     The exchange is filled here rather than by an ``__init__``: a class's ``__init__``
     is a call from C into Python on every request.
     """
-    exchange: _Exchange = _new_exchange(_Exchange)
+    exchange: _Exchange = _new_exchange(_Unclosed)
     exchange._ctx = ctx
     exchange._core = core
     exchange._environ = environ
