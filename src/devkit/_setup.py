@@ -290,6 +290,8 @@ def _flush_state(state: State, timeout_s: float) -> bool:
     if state.log_export is not None:
         left = max(0.0, deadline - time.monotonic())
         flushed = state.log_export.force_flush(left) and flushed
+    if core.logs is not None:
+        core.logs.release_held()  # lines that waited for an export thread
     return flushed
 
 
@@ -346,6 +348,7 @@ def _stop_serving(state: State, timeout_s: float | None) -> None:
             "spans_unexported": exporter.pending() if exporter is not None else 0,
         },
     )
+    core.logs.release_held()
     if state.log_export is not None:
         # A server that re-raises SIGTERM never reaches atexit: the records go now.
         state.log_export.force_flush(max(0.0, deadline - time.monotonic()))

@@ -38,7 +38,7 @@ import structlog
 from opentelemetry import trace as otel_trace
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
-from devkit import _context, _errors
+from devkit import _batch, _context, _errors
 from devkit.config import LEVEL_ALIASES, LEVEL_NUMBERS, LEVELS, Settings
 from devkit.redaction import Redactor
 
@@ -107,9 +107,23 @@ _ACCESS_UNTRACED = (
 
 # Renders of the captured records go to every tap as well (devkit.testing).
 _TAPS: list[Callable[[bytes], None]] = []
+#: How long a line may wait while an export thread works (see ``LogPipeline.write``),
+#: and how many bytes may wait.
+MAX_HOLD_S = 0.02
+MAX_HOLD_BYTES = 65536
+_busy_exports = _batch.BUSY
+_monotonic = time.monotonic
 # Set while a record is being processed: a record logged *by* the pipeline (a library
 # warning raised while rendering) is dropped instead of recursing.
 _IN_PIPELINE: ContextVar[bool] = ContextVar("devkit_in_log_pipeline", default=False)
+
+
+def _has_fileno(stream: IO[bytes]) -> bool:
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return False
+    return True
 
 
 def add_tap(tap: Callable[[bytes], None]) -> None:
@@ -190,11 +204,22 @@ class LogPipeline:
         self.redactor = redactor
         self._clock = _Clock()
         self._lock = threading.Lock()
+        #: Lines waiting while an export thread works, their size, the first one's time.
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._held_since = 0.0
+        #: When the last line went through ``_hold``.
+        self._last_line = 0.0
         out: Any = stream if stream is not None else sys.stdout
         self._binary: IO[bytes] | None = getattr(out, "buffer", None)
         if self._binary is None and isinstance(out, io.BufferedIOBase | io.RawIOBase):
             self._binary = cast(IO[bytes], out)
         self._text: IO[str] | None = None if self._binary is not None else cast(IO[str], out)
+        #: Whether lines may wait for an export thread: only a file descriptor's write
+        #: lets go of the GIL (a test's in-memory stream does not).
+        self._may_hold = self._binary is not None and _has_fileno(self._binary)
+        if self._may_hold:
+            _batch.add_idle_listener(self)
         self._console = settings.log_format == "console"
         #: Write the lines to the stream (``DEVKIT_LOGS_STDOUT``); taps get them anyway.
         self._stdout = settings.logs_stdout
@@ -337,14 +362,24 @@ class LogPipeline:
 
     def write(self, line: bytes) -> None:
         """One whole line per call: a buffered binary stream keeps concurrent lines whole
-        by itself (its own lock); a text stream is written under the pipeline's lock."""
+        by itself (its own lock); a text stream is written under the pipeline's lock.
+
+        While one of devkit's export threads works on a batch, lines to a binary stream
+        wait (at most ``MAX_HOLD_S`` and ``MAX_HOLD_BYTES``) and go out together when it
+        is done: each write lets go of the GIL for a moment, which wakes a thread waiting
+        for it without letting it in, so a busy request thread writing once per request
+        would wake the export thread once per request and starve it.
+        """
         binary = self._binary
         try:
             if not self._stdout:
                 pass
             elif binary is not None:
-                binary.write(line)
-                binary.flush()
+                if (_busy_exports or self._held) and self._may_hold:
+                    self._hold(line, binary)
+                else:
+                    binary.write(line)
+                    binary.flush()
             else:
                 assert self._text is not None
                 with self._lock:
@@ -355,6 +390,48 @@ class LogPipeline:
         if _TAPS:
             for tap in _TAPS:
                 tap(line)
+
+    def _hold(self, line: bytes, binary: IO[bytes]) -> None:
+        """Keep ``line`` back while lines come close together (a busy process: a line
+        alone is written, so a quiet process never waits for a slow collector), or write
+        it with the ones that wait."""
+        with self._lock:
+            held = self._held
+            now = _monotonic()
+            previous, self._last_line = self._last_line, now
+            if (
+                _busy_exports
+                and now - previous < MAX_HOLD_S
+                and (not held or now - self._held_since < MAX_HOLD_S)
+                and self._held_bytes + len(line) <= MAX_HOLD_BYTES
+            ):
+                if not held:
+                    self._held_since = now
+                held.append(line)
+                self._held_bytes += len(line)
+                return
+            held.append(line)
+            self._held, self._held_bytes = [], 0
+            binary.write(b"".join(held))
+            binary.flush()
+
+    def release_held(self) -> None:
+        """Write the lines that wait (an export thread is done, or devkit flushes)."""
+        if not self._held or self._binary is None:
+            return
+        with self._lock:
+            held, self._held, self._held_bytes = self._held, [], 0
+            if held:
+                try:
+                    self._binary.write(b"".join(held))
+                    self._binary.flush()
+                except (OSError, ValueError) as exc:  # closed or broken stream
+                    _errors.report("logs", "write_failed", exc)
+
+    def drop_held_after_fork(self) -> None:
+        """In a forked child: the waiting lines are the parent's, which writes them."""
+        self._held, self._held_bytes = [], 0
+        self._lock = threading.Lock()
 
     # -- the access record ------------------------------------------------------------
 

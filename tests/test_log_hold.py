@@ -1,0 +1,294 @@
+"""Log lines wait while an export thread works, and are never lost or reordered.
+
+A write to a file descriptor lets go of the GIL for a moment; a thread that waits for the
+GIL is woken by it but rarely gets in, so a request thread writing once per request would
+wake a working export thread once per request (docs/benchmarks.md#export-and-the-gil).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from devkit import _batch, logs
+from devkit.config import Settings
+from devkit.logs import LogPipeline
+
+
+class _Busy:
+    """Stands for an export queue with a batch in hand."""
+
+
+@pytest.fixture
+def busy() -> Iterator[_Busy]:
+    marker = _Busy()
+    _batch.BUSY.add(marker)  # type: ignore[arg-type]
+    try:
+        yield marker
+    finally:
+        _batch.BUSY.discard(marker)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Iterator[tuple[LogPipeline, Path]]:
+    path = tmp_path / "stdout"
+    with open(path, "wb") as stream:  # a file descriptor, as stdout is
+        yield LogPipeline(Settings.from_env({}), None, stream), path
+
+
+def _messages(path: Path) -> list[str]:
+    return [orjson.loads(line)["message"] for line in path.read_bytes().splitlines()]
+
+
+def test_lines_are_written_at_once_when_no_export_thread_works(
+    out: tuple[LogPipeline, Path],
+) -> None:
+    pipeline, path = out
+    pipeline.emit("info", {"event": "one", "logger": "x"})
+    assert _messages(path) == ["one"]
+
+
+def test_lines_wait_while_an_export_thread_works_and_keep_their_order(
+    out: tuple[LogPipeline, Path], busy: _Busy
+) -> None:
+    pipeline, path = out
+    pipeline.emit("info", {"event": "lead", "logger": "x"})  # after a quiet spell: at once
+    for n in range(5):
+        pipeline.emit("info", {"event": f"line {n}", "logger": "x"})
+    assert _messages(path) == ["lead"]
+    _batch.BUSY.discard(busy)  # type: ignore[arg-type]
+    pipeline.emit("info", {"event": "after", "logger": "x"})  # the next write takes them
+    assert _messages(path) == ["lead"] + [f"line {n}" for n in range(5)] + ["after"]
+
+
+def test_release_held_writes_what_waits(out: tuple[LogPipeline, Path], busy: _Busy) -> None:
+    pipeline, path = out
+    pipeline.emit("info", {"event": "lead", "logger": "x"})
+    pipeline.emit("info", {"event": "waiting", "logger": "x"})
+    assert _messages(path) == ["lead"]
+    pipeline.release_held()
+    assert _messages(path) == ["lead", "waiting"]
+    pipeline.release_held()  # nothing left: nothing twice
+    assert _messages(path) == ["lead", "waiting"]
+
+
+def test_a_line_waits_at_most_max_hold_s(
+    out: tuple[LogPipeline, Path], busy: _Busy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline, path = out
+    now = [100.0]
+    monkeypatch.setattr(logs, "_monotonic", lambda: now[0])
+    pipeline.emit("info", {"event": "lead", "logger": "x"})
+    step = logs.MAX_HOLD_S / 3
+    for name in ("first", "second", "third"):
+        now[0] += step
+        pipeline.emit("info", {"event": name, "logger": "x"})
+    assert _messages(path) == ["lead"]  # "first" has waited 2/3 of MAX_HOLD_S
+    now[0] += step * 1.5
+    pipeline.emit("info", {"event": "fourth", "logger": "x"})  # "first" would wait longer
+    assert _messages(path) == ["lead", "first", "second", "third", "fourth"]
+
+
+def test_a_quiet_process_writes_each_line_at_once_even_while_an_export_works(
+    out: tuple[LogPipeline, Path], busy: _Busy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collector that does not answer keeps its export thread busy until the export
+    times out: lines far apart must not wait for it."""
+    pipeline, path = out
+    now = [100.0]
+    monkeypatch.setattr(logs, "_monotonic", lambda: now[0])
+    for n in range(3):
+        now[0] += logs.MAX_HOLD_S * 2
+        pipeline.emit("info", {"event": f"{n}", "logger": "x"})
+        assert _messages(path) == [f"{m}" for m in range(n + 1)]
+
+
+def test_at_most_max_hold_bytes_wait(out: tuple[LogPipeline, Path], busy: _Busy) -> None:
+    pipeline, path = out
+    big = "x" * 10_000
+    written = 0
+    for n in range(20):
+        pipeline.emit("info", {"event": f"{n}", "logger": "x", "big": big})
+        assert pipeline._held_bytes <= logs.MAX_HOLD_BYTES
+        written = len(_messages(path))
+    assert written > 0
+    pipeline.release_held()
+    assert _messages(path) == [f"{n}" for n in range(20)]
+
+
+def test_an_in_memory_stream_never_holds(busy: _Busy) -> None:
+    import io
+
+    stream = io.BytesIO()
+    pipeline = LogPipeline(Settings.from_env({}), None, stream)
+    pipeline.emit("info", {"event": "now", "logger": "x"})
+    assert orjson.loads(stream.getvalue())["message"] == "now"
+
+
+def test_a_forked_child_drops_the_parents_waiting_lines(
+    out: tuple[LogPipeline, Path], busy: _Busy
+) -> None:
+    pipeline, path = out
+    pipeline.emit("info", {"event": "lead", "logger": "x"})
+    pipeline.emit("info", {"event": "parent's", "logger": "x"})
+    pipeline.drop_held_after_fork()
+    pipeline.release_held()
+    assert _messages(path) == ["lead"]
+
+
+class _Gate:
+    """An exporter that waits for the test before it answers."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.batches: list[int] = []
+
+    def export(self, batch: Sequence[Any], /) -> Any:
+        self.entered.set()
+        self.release.wait(10)
+        self.batches.append(len(batch))
+
+        class _Result:
+            name = "SUCCESS"
+
+        return _Result()
+
+    def shutdown(self) -> None:
+        self.release.set()
+
+
+def test_a_real_queue_holds_lines_during_its_batch_and_releases_them_after(
+    out: tuple[LogPipeline, Path],
+) -> None:
+    pipeline, path = out
+    gate = _Gate()
+    queue = _batch.BatchQueue(gate, max_batch_size=4, schedule_delay_s=30)
+    try:
+        queue([b"a", b"b", b"c", b"d"])  # a full batch: the thread is busy from now on
+        assert queue in _batch.BUSY
+        assert gate.entered.wait(10)
+        pipeline.emit("info", {"event": "lead", "logger": "x"})
+        pipeline.emit("info", {"event": "during", "logger": "x"})
+        assert _messages(path) == ["lead"]
+        gate.release.set()
+        assert queue.force_flush(10)
+        deadline = threading.Event()
+        for _ in range(100):  # the thread tells the pipeline after its batch
+            if len(_messages(path)) > 1:
+                break
+            deadline.wait(0.05)
+        assert _messages(path) == ["lead", "during"]
+        assert queue not in _batch.BUSY
+        assert gate.batches == [4]
+    finally:
+        gate.release.set()
+        queue.shutdown(5)
+
+
+def test_the_export_thread_does_not_wait_for_a_full_batch_while_a_flush_waits() -> None:
+    gate = _Gate()
+    gate.release.set()
+    queue = _batch.BatchQueue(gate, max_batch_size=64, schedule_delay_s=3600)
+    try:
+        queue([b"one"])
+        with queue._cond:
+            queue._flushers += 1
+            try:
+                batch, prepared = queue._next_locked()  # would wait an hour otherwise
+            finally:
+                queue._flushers -= 1
+        assert batch == [b"one"] and not prepared
+    finally:
+        queue.shutdown(5)
+
+
+def test_stdout_of_a_child_process_gets_every_line_once(tmp_path: Path) -> None:
+    """The pipe a container runtime reads: a script logs while its spans export."""
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import devkit, threading\n"
+        "devkit.init()\n"
+        "from opentelemetry import trace\n"
+        "tracer = trace.get_tracer('t')\n"
+        "log = devkit.get_logger('app')\n"
+        "for n in range(3000):\n"
+        "    with tracer.start_as_current_span('s'):\n"
+        "        log.info('line', n=n)\n"
+        "devkit.shutdown()\n"
+    )
+    import subprocess
+    import sys
+
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DEVKIT_", "OTEL_", "PROMETHEUS"))
+    }
+    env.update(
+        DEVKIT_SERVICE_NAME="hold",
+        DEVKIT_TRACES_EXPORTER="otlp",
+        DEVKIT_SAMPLE_SUCCESS_RATIO="1",
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",  # refused: batches fail fast
+        DEVKIT_SHUTDOWN_TIMEOUT_S="2",
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, timeout=120, check=True
+    )
+    numbers = [
+        record["n"]
+        for record in map(orjson.loads, done.stdout.splitlines())
+        if record.get("message") == "line"
+    ]
+    assert numbers == list(range(3000))
+
+
+def _voluntary_switches(native_id: int) -> int:
+    status = Path(f"/proc/self/task/{native_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+class _Encoder:
+    """An exporter with Python work to do per batch, as the OTLP encoder has."""
+
+    def export(self, batch: Sequence[Any], /) -> Any:
+        for item in batch:
+            orjson.loads(item)
+
+        class _Result:
+            name = "SUCCESS"
+
+        return _Result()
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_a_busy_writer_does_not_wake_the_export_thread_per_line() -> None:
+    """The request thread logs back to back while batches export: the export thread is
+    woken about once per batch step, not once per line (it was once per line)."""
+    lines = 4000
+    with open(os.devnull, "wb") as devnull:
+        pipeline = LogPipeline(Settings.from_env({}), None, devnull)
+        queue = _batch.BatchQueue(_Encoder(), max_batch_size=16, schedule_delay_s=30)
+        item = orjson.dumps({"span": "x" * 200})
+        try:
+            queue([item])
+            assert queue._thread is not None
+            while queue._thread.native_id is None:
+                pass
+            thread_id = queue._thread.native_id
+            before = _voluntary_switches(thread_id)
+            for n in range(lines):
+                queue([item])  # a batch of 16 every 16 lines keeps the thread busy
+                pipeline.emit("info", {"event": "request completed", "logger": "x", "n": n})
+            woken = _voluntary_switches(thread_id) - before
+            assert queue.force_flush(10)
+        finally:
+            queue.shutdown(5)
+    assert woken < lines / 4, f"export thread woken {woken} times for {lines} lines"
