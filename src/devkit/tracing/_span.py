@@ -52,6 +52,7 @@ _SCALARS = (str, bool, int, float)
 _MAX_EVENTS = 128
 _getrandbits = random.getrandbits
 _time_ns = time.time_ns
+_new_span = object.__new__
 
 
 _RANDOM = _FLAGS[TraceFlags.RANDOM_TRACE_ID]
@@ -364,7 +365,19 @@ class ServerSpanFactory:
                 parent = None
         request.trace_id = trace_id
         request.span_id = span_id
-        span = ServerSpan(self, request.method_label, context, parent, _time_ns(), request)
+        # ServerSpan.__init__'s fields, set here: a class's __init__ is a call from C into
+        # Python on every request.
+        span: ServerSpan = _new_span(ServerSpan)
+        span._factory = self
+        span.name = request.method_label
+        span.context = context
+        span.parent = parent
+        span._request = request
+        span._finished = False
+        span._extra = span._events = span._links = None
+        span.status = _UNSET
+        span.start_time = _time_ns()
+        span.end_time = span.kept = None
         span.sampled = sampled
         return span
 
