@@ -292,3 +292,24 @@ def test_a_busy_writer_does_not_wake_the_export_thread_per_line() -> None:
         finally:
             queue.shutdown(5)
     assert woken < lines / 4, f"export thread woken {woken} times for {lines} lines"
+
+
+def test_the_export_thread_waits_when_a_flush_waits_and_nothing_is_queued() -> None:
+    """Not waiting with an empty queue would spin the thread against the flusher."""
+    import time
+
+    gate = _Gate()
+    gate.release.set()
+    queue = _batch.BatchQueue(gate, max_batch_size=64, schedule_delay_s=0.2)
+    try:
+        with queue._cond:
+            queue._flushers += 1
+            try:
+                start = time.monotonic()
+                batch, _ = queue._next_locked()
+                waited = time.monotonic() - start
+            finally:
+                queue._flushers -= 1
+        assert batch == [] and waited >= 0.15
+    finally:
+        queue.shutdown(5)

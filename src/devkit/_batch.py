@@ -141,8 +141,8 @@ class BatchQueue:
         self._pid = os.getpid()
         self._closed = False
         self._exporting = 0
-        #: Callers in ``force_flush``: the thread does not wait for a full batch meanwhile
-        #: (a wake-up sent while it was busy would be lost).
+        #: Callers in ``force_flush``: meanwhile the thread does not wait for a full batch
+        #: when items are queued (a wake-up sent while it was busy would be lost).
         self._flushers = 0
         #: A batch (already prepared) whose export failed transiently, and when it is
         #: tried again (a flush brings that forward).
@@ -235,7 +235,8 @@ class BatchQueue:
                 batch, self._held = self._held, None
                 return batch, True
             self._cond.wait(wait)
-        if len(self._queue) < self._max_batch and not self._closed and not self._flushers:
+        queued = len(self._queue)
+        if queued < self._max_batch and not self._closed and not (self._flushers and queued):
             self._cond.wait(self._delay)
         if self._closed and not self._queue:
             return None, False

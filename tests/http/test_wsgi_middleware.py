@@ -221,6 +221,7 @@ def test_a_body_the_server_never_closes_finishes_when_it_is_freed(
 
     devkit.init()
     wrapped = devkit.wsgi(app)
+
     def environ() -> dict[str, Any]:
         return {"REQUEST_METHOD": "GET", "PATH_INFO": "/unclosed", "wsgi.url_scheme": "http"}
 
