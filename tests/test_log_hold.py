@@ -313,3 +313,37 @@ def test_the_export_thread_waits_when_a_flush_waits_and_nothing_is_queued() -> N
         assert batch == [] and waited >= 0.15
     finally:
         queue.shutdown(5)
+
+
+def test_threads_writing_while_exports_start_and_end_lose_nothing_and_keep_order(
+    out: tuple[LogPipeline, Path],
+) -> None:
+    pipeline, path = out
+    marker = _Busy()
+    stop = threading.Event()
+
+    def exports_come_and_go() -> None:
+        while not stop.is_set():
+            _batch.BUSY.add(marker)  # type: ignore[arg-type]
+            stop.wait(0.001)
+            _batch.BUSY.discard(marker)  # type: ignore[arg-type]
+            pipeline.release_held()  # what an export thread does when its batch is done
+
+    def writer(name: str) -> None:
+        for n in range(500):
+            pipeline.emit("info", {"event": "line", "logger": "x", "writer": name, "n": n})
+
+    toggler = threading.Thread(target=exports_come_and_go)
+    toggler.start()
+    writers = [threading.Thread(target=writer, args=(f"w{i}",)) for i in range(4)]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    stop.set()
+    toggler.join()
+    _batch.BUSY.discard(marker)  # type: ignore[arg-type]
+    pipeline.release_held()
+    records = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    for i in range(4):
+        assert [r["n"] for r in records if r["writer"] == f"w{i}"] == list(range(500))

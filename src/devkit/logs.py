@@ -411,22 +411,29 @@ class LogPipeline:
                 self._held_bytes += len(line)
                 return
             held.append(line)
-            self._held, self._held_bytes = [], 0
-            binary.write(b"".join(held))
-            binary.flush()
+            # Emptied once written: until then another thread's line queues behind these.
+            try:
+                binary.write(b"".join(held))
+                binary.flush()
+            finally:
+                self._held, self._held_bytes = [], 0
 
     def release_held(self) -> None:
         """Write the lines that wait (an export thread is done, or devkit flushes)."""
         if not self._held or self._binary is None:
             return
         with self._lock:
-            held, self._held, self._held_bytes = self._held, [], 0
-            if held:
-                try:
-                    self._binary.write(b"".join(held))
-                    self._binary.flush()
-                except (OSError, ValueError) as exc:  # closed or broken stream
-                    _errors.report("logs", "write_failed", exc)
+            held = self._held
+            if not held:
+                return
+            try:
+                self._binary.write(b"".join(held))
+                self._binary.flush()
+            except (OSError, ValueError) as exc:  # closed or broken stream
+                _errors.report("logs", "write_failed", exc)
+            finally:
+                # Emptied once written: until then another thread's line queues behind these.
+                self._held, self._held_bytes = [], 0
 
     def drop_held_after_fork(self) -> None:
         """In a forked child: the waiting lines are the parent's, which writes them."""
