@@ -121,33 +121,23 @@ class ServerSpan(Span):
 
     kind = SpanKind.SERVER
 
-    def __init__(
-        self,
-        factory: ServerSpanFactory,
-        name: str,
-        context: SpanContext,
-        parent: SpanContext | None,
-        start_time: int,
-        request: RequestFields | None = None,
-        attributes: dict[str, Any] | None = None,
-    ) -> None:
-        self._factory = factory
-        self.name = name
-        self.context = context
-        self.parent = parent
-        self._request = request
-        #: Whether the request finished (its response fields are final).
-        self._finished = False
-        self._extra = attributes
-        self._events: list[Event] | None = None
-        self._links: list[Link] | None = None
-        self.status = _UNSET
-        self.start_time = start_time
-        self.end_time: int | None = None
-        #: The tail sampler's decision once the span ended as a local root.
-        self.kept: bool | None = None
-        #: The head decision (request spans: set by ``start_request``).
-        self.sampled: bool
+    # Every instance comes from _server_span (no __init__: a class's __init__ is a call
+    # from C into Python, on every request).
+    name: str
+    context: SpanContext
+    parent: SpanContext | None
+    status: Status
+    start_time: int
+    _factory: ServerSpanFactory
+    _request: RequestFields | None
+    _finished: bool
+    _extra: dict[str, Any] | None
+    _events: list[Event] | None
+    _links: list[Link] | None
+    end_time: int | None
+    kept: bool | None
+    #: The head decision (request spans: set by ``start_request``).
+    sampled: bool
 
     # -- what ReadableSpan exposes ----------------------------------------------------------
 
@@ -304,6 +294,34 @@ class ServerSpan(Span):
         return ExportSpan(self, self.attributes, list(self.events)).to_readable()
 
 
+def _server_span(
+    factory: ServerSpanFactory,
+    name: str,
+    context: SpanContext,
+    parent: SpanContext | None,
+    start_time: int,
+    request: RequestFields | None = None,
+    attributes: dict[str, Any] | None = None,
+) -> ServerSpan:
+    """A new :class:`ServerSpan` (its ``sampled`` is the caller's to set)."""
+    span: ServerSpan = _new_span(ServerSpan)
+    span._factory = factory
+    span.name = name
+    span.context = context
+    span.parent = parent
+    span._request = request
+    #: Whether the request finished (its response fields are final).
+    span._finished = False
+    span._extra = attributes
+    span._events = span._links = None
+    span.status = _UNSET
+    span.start_time = start_time
+    span.end_time = None
+    #: The tail sampler's decision once the span ended as a local root.
+    span.kept = None
+    return span
+
+
 class ServerSpanFactory:
     """Starts :class:`ServerSpan` objects with the sampler's head flag and hands ended ones
     to the tail sampler (``on_end``)."""
@@ -338,7 +356,7 @@ class ServerSpanFactory:
         start_time: int | None = None,
     ) -> ServerSpan:
         """A server span with arbitrary attributes (frameworks without a request tuple)."""
-        return ServerSpan(
+        return _server_span(
             self,
             name,
             self._context(parent),
@@ -365,19 +383,7 @@ class ServerSpanFactory:
                 parent = None
         request.trace_id = trace_id
         request.span_id = span_id
-        # ServerSpan.__init__'s fields, set here: a class's __init__ is a call from C into
-        # Python on every request.
-        span: ServerSpan = _new_span(ServerSpan)
-        span._factory = self
-        span.name = request.method_label
-        span.context = context
-        span.parent = parent
-        span._request = request
-        span._finished = False
-        span._extra = span._events = span._links = None
-        span.status = _UNSET
-        span.start_time = _time_ns()
-        span.end_time = span.kept = None
+        span = _server_span(self, request.method_label, context, parent, _time_ns(), request)
         span.sampled = sampled
         return span
 
