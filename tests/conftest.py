@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -26,3 +27,16 @@ def _devkit_isolation(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         _errors.set_strict(False)
         testing.reset()
         _errors.reset()
+
+
+@pytest.fixture(autouse=True)
+def _no_export_thread_left_busy() -> Iterator[None]:
+    """An export thread that stays busy makes every later stdout line wait: each test's
+    queues must be done with their batches shortly after it ends."""
+    yield
+    from devkit import _batch
+
+    deadline = time.monotonic() + 3
+    while _batch.BUSY and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _batch.BUSY, f"export queues still busy after the test: {_batch.BUSY}"

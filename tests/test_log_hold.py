@@ -1,83 +1,76 @@
-"""Log lines that come close together go out together, and are never lost or reordered.
+"""Log lines wait while an export thread works, and are never lost or reordered.
 
-A system call per line is a large part of a small request's cost, and each write lets go
-of the GIL for a moment, which wakes a thread waiting for it without letting it in
-(docs/benchmarks.md#export-and-the-gil). So lines to a file descriptor that come close
-together wait for the ones after them (at most ``MAX_HOLD_S``) and go out in writes of
-at most ``MAX_HOLD_BYTES`` (``PIPE_BUF``: a pipe shared by several processes never mixes
-their lines); a ticker thread writes the lines before a quiet spell.
+A write to a file descriptor lets go of the GIL for a moment; a thread that waits for the
+GIL is woken by it but rarely gets in, so a request thread writing once per request would
+wake a working export thread once per request (docs/benchmarks.md#export-and-the-gil).
 """
 
 from __future__ import annotations
 
-import gc
-import io
 import os
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from devkit import _batch, _ticker, logs
+from devkit import _batch, logs
 from devkit.config import Settings
 from devkit.logs import LogPipeline
+
+
+class _Busy:
+    """Stands for an export queue with a batch in hand."""
+
+
+@pytest.fixture
+def busy() -> Iterator[_Busy]:
+    marker = _Busy()
+    _batch.BUSY.add(marker)  # type: ignore[arg-type]
+    try:
+        yield marker
+    finally:
+        _batch.BUSY.discard(marker)  # type: ignore[arg-type]
 
 
 @pytest.fixture
 def out(tmp_path: Path) -> Iterator[tuple[LogPipeline, Path]]:
     path = tmp_path / "stdout"
     with open(path, "wb") as stream:  # a file descriptor, as stdout is
-        pipeline = LogPipeline(Settings.from_env({}), None, stream)
-        yield pipeline, path
-        pipeline.close()
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The pipeline's monotonic clock, moved by the test."""
-    now = [100.0]
-    monkeypatch.setattr(logs, "_monotonic", lambda: now[0])
-    return now
+        yield LogPipeline(Settings.from_env({}), None, stream), path
 
 
 def _messages(path: Path) -> list[str]:
     return [orjson.loads(line)["message"] for line in path.read_bytes().splitlines()]
 
 
-def _emit(pipeline: LogPipeline, event: str, **fields: Any) -> None:
-    pipeline.emit("info", {"event": event, "logger": "x", **fields})
-
-
-def test_a_line_after_a_quiet_spell_is_written_at_once(out: tuple[LogPipeline, Path]) -> None:
+def test_lines_are_written_at_once_when_no_export_thread_works(
+    out: tuple[LogPipeline, Path],
+) -> None:
     pipeline, path = out
-    _emit(pipeline, "one")
+    pipeline.emit("info", {"event": "one", "logger": "x"})
     assert _messages(path) == ["one"]
 
 
-def test_lines_close_together_wait_and_keep_their_order(
-    out: tuple[LogPipeline, Path], clock: list[float]
+def test_lines_wait_while_an_export_thread_works_and_keep_their_order(
+    out: tuple[LogPipeline, Path], busy: _Busy
 ) -> None:
     pipeline, path = out
-    _emit(pipeline, "lead")  # after a quiet spell: at once
+    pipeline.emit("info", {"event": "lead", "logger": "x"})  # after a quiet spell: at once
     for n in range(5):
-        clock[0] += 0.001
-        _emit(pipeline, f"line {n}")
+        pipeline.emit("info", {"event": f"line {n}", "logger": "x"})
     assert _messages(path) == ["lead"]
-    clock[0] += logs.MAX_HOLD_S * 2  # a quiet spell: they go, then the new line at once
-    _emit(pipeline, "after")
+    _batch.BUSY.discard(busy)  # type: ignore[arg-type]
+    pipeline.emit("info", {"event": "after", "logger": "x"})  # the next write takes them
     assert _messages(path) == ["lead"] + [f"line {n}" for n in range(5)] + ["after"]
 
 
-def test_release_held_writes_what_waits(out: tuple[LogPipeline, Path], clock: list[float]) -> None:
+def test_release_held_writes_what_waits(out: tuple[LogPipeline, Path], busy: _Busy) -> None:
     pipeline, path = out
-    _emit(pipeline, "lead")
-    _emit(pipeline, "waiting")
+    pipeline.emit("info", {"event": "lead", "logger": "x"})
+    pipeline.emit("info", {"event": "waiting", "logger": "x"})
     assert _messages(path) == ["lead"]
     pipeline.release_held()
     assert _messages(path) == ["lead", "waiting"]
@@ -85,151 +78,68 @@ def test_release_held_writes_what_waits(out: tuple[LogPipeline, Path], clock: li
     assert _messages(path) == ["lead", "waiting"]
 
 
-def test_a_line_waits_at_most_max_hold_s(out: tuple[LogPipeline, Path], clock: list[float]) -> None:
+def test_a_line_waits_at_most_max_hold_s(
+    out: tuple[LogPipeline, Path], busy: _Busy, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pipeline, path = out
-    _emit(pipeline, "lead")
+    now = [100.0]
+    monkeypatch.setattr(logs, "_monotonic", lambda: now[0])
+    pipeline.emit("info", {"event": "lead", "logger": "x"})
     step = logs.MAX_HOLD_S / 3
     for name in ("first", "second", "third"):
-        clock[0] += step
-        _emit(pipeline, name)
+        now[0] += step
+        pipeline.emit("info", {"event": name, "logger": "x"})
     assert _messages(path) == ["lead"]  # "first" has waited 2/3 of MAX_HOLD_S
-    clock[0] += step * 1.5
-    _emit(pipeline, "fourth")  # "first" would wait longer: they go, "fourth" waits
-    assert _messages(path) == ["lead", "first", "second", "third"]
-    pipeline.release_held()
-    assert _messages(path)[-1] == "fourth"
+    now[0] += step * 1.5
+    pipeline.emit("info", {"event": "fourth", "logger": "x"})  # "first" would wait longer
+    assert _messages(path) == ["lead", "first", "second", "third", "fourth"]
 
 
-def test_a_quiet_process_writes_each_line_at_once(
-    out: tuple[LogPipeline, Path], clock: list[float]
+def test_a_quiet_process_writes_each_line_at_once_even_while_an_export_works(
+    out: tuple[LogPipeline, Path], busy: _Busy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A line alone never waits for a next one that may not come."""
+    """A collector that does not answer keeps its export thread busy until the export
+    times out: lines far apart must not wait for it."""
     pipeline, path = out
+    now = [100.0]
+    monkeypatch.setattr(logs, "_monotonic", lambda: now[0])
     for n in range(3):
-        clock[0] += logs.MAX_HOLD_S * 2
-        _emit(pipeline, f"{n}")
+        now[0] += logs.MAX_HOLD_S * 2
+        pipeline.emit("info", {"event": f"{n}", "logger": "x"})
         assert _messages(path) == [f"{m}" for m in range(n + 1)]
 
 
-class _Writes(io.BufferedIOBase):
-    """A binary stream with a file descriptor that records each write's size."""
-
-    def __init__(self, fd: int) -> None:
-        super().__init__()
-        self._fd = fd
-        self.sizes: list[int] = []
-        self.data = bytearray()
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def write(self, data: Any) -> int:
-        self.sizes.append(len(data))
-        self.data += data
-        return len(data)
-
-    def flush(self) -> None:
-        pass
+def test_at_most_max_hold_bytes_wait(out: tuple[LogPipeline, Path], busy: _Busy) -> None:
+    pipeline, path = out
+    big = "x" * 10_000
+    written = 0
+    for n in range(20):
+        pipeline.emit("info", {"event": f"{n}", "logger": "x", "big": big})
+        assert pipeline._held_bytes <= logs.MAX_HOLD_BYTES
+        written = len(_messages(path))
+    assert written > 0
+    pipeline.release_held()
+    assert _messages(path) == [f"{n}" for n in range(20)]
 
 
-def test_lines_go_out_in_writes_of_at_most_max_hold_bytes(
-    tmp_path: Path, clock: list[float]
-) -> None:
-    with open(tmp_path / "fd", "wb") as real:
-        stream = _Writes(real.fileno())
-        pipeline = LogPipeline(Settings.from_env({}), None, stream)  # type: ignore[arg-type]
-        for n in range(200):
-            clock[0] += 0.0001
-            _emit(pipeline, "line", n=n, pad="x" * 150)
-        pipeline.close()
-    assert max(stream.sizes) <= logs.MAX_HOLD_BYTES
-    assert len(stream.sizes) < 200 / 10  # together, not one by one
-    numbers = [orjson.loads(line)["n"] for line in bytes(stream.data).splitlines()]
-    assert numbers == list(range(200))
+def test_an_in_memory_stream_never_holds(busy: _Busy) -> None:
+    import io
 
-
-def test_a_line_longer_than_max_hold_bytes_goes_alone_after_the_waiting_ones(
-    tmp_path: Path, clock: list[float]
-) -> None:
-    with open(tmp_path / "fd", "wb") as real:
-        stream = _Writes(real.fileno())
-        pipeline = LogPipeline(Settings.from_env({}), None, stream)  # type: ignore[arg-type]
-        _emit(pipeline, "lead")
-        _emit(pipeline, "short")
-        _emit(pipeline, "long", big="y" * logs.MAX_HOLD_BYTES)
-        pipeline.close()
-    messages = [orjson.loads(line)["message"] for line in bytes(stream.data).splitlines()]
-    assert messages == ["lead", "short", "long"]
-    assert len(stream.sizes) == 3 and stream.sizes[2] > logs.MAX_HOLD_BYTES
-
-
-def test_an_in_memory_stream_never_holds(clock: list[float]) -> None:
     stream = io.BytesIO()
     pipeline = LogPipeline(Settings.from_env({}), None, stream)
-    for name in ("one", "two"):
-        _emit(pipeline, name)
-    assert [orjson.loads(line)["message"] for line in stream.getvalue().splitlines()] == [
-        "one",
-        "two",
-    ]
+    pipeline.emit("info", {"event": "now", "logger": "x"})
+    assert orjson.loads(stream.getvalue())["message"] == "now"
 
 
 def test_a_forked_child_drops_the_parents_waiting_lines(
-    out: tuple[LogPipeline, Path], clock: list[float]
+    out: tuple[LogPipeline, Path], busy: _Busy
 ) -> None:
     pipeline, path = out
-    _emit(pipeline, "lead")
-    _emit(pipeline, "parent's")
-    parent_ticker = pipeline._ticker
+    pipeline.emit("info", {"event": "lead", "logger": "x"})
+    pipeline.emit("info", {"event": "parent's", "logger": "x"})
     pipeline.drop_held_after_fork()
     pipeline.release_held()
     assert _messages(path) == ["lead"]
-    # The parent's ticker thread is not in a child: the child's starts with its first line.
-    assert pipeline._ticker is not parent_ticker and pipeline._ticker.sleeping
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
-
-
-def test_the_ticker_writes_the_lines_before_a_quiet_spell(out: tuple[LogPipeline, Path]) -> None:
-    pipeline, path = out
-    for n in range(4):
-        _emit(pipeline, f"{n}")
-    # No further line, no flush: the ticker thread writes what waits.
-    assert _wait_for(lambda: _messages(path) == ["0", "1", "2", "3"])
-
-
-def test_close_writes_what_waits_and_stops_the_ticker(
-    out: tuple[LogPipeline, Path], clock: list[float]
-) -> None:
-    pipeline, path = out
-    _emit(pipeline, "lead")
-    _emit(pipeline, "waiting")
-    thread = pipeline._ticker._thread
-    assert thread is not None
-    pipeline.close()
-    assert _messages(path) == ["lead", "waiting"]
-    thread.join(2)
-    assert not thread.is_alive()
-
-
-def test_a_pipeline_nothing_uses_takes_its_ticker_thread_with_it(tmp_path: Path) -> None:
-    with open(tmp_path / "stdout", "wb") as stream:
-        pipeline = LogPipeline(Settings.from_env({}), None, stream)
-        _emit(pipeline, "lead")
-        _emit(pipeline, "waiting")  # starts the ticker's thread
-        thread = pipeline._ticker._thread
-        assert thread is not None
-        del pipeline
-        gc.collect()
-        thread.join(2)
-        assert not thread.is_alive()
 
 
 class _Gate:
@@ -252,6 +162,34 @@ class _Gate:
 
     def shutdown(self) -> None:
         self.release.set()
+
+
+def test_a_real_queue_holds_lines_during_its_batch_and_releases_them_after(
+    out: tuple[LogPipeline, Path],
+) -> None:
+    pipeline, path = out
+    gate = _Gate()
+    queue = _batch.BatchQueue(gate, max_batch_size=4, schedule_delay_s=30)
+    try:
+        queue([b"a", b"b", b"c", b"d"])  # a full batch: the thread is busy from now on
+        assert queue in _batch.BUSY
+        assert gate.entered.wait(10)
+        pipeline.emit("info", {"event": "lead", "logger": "x"})
+        pipeline.emit("info", {"event": "during", "logger": "x"})
+        assert _messages(path) == ["lead"]
+        gate.release.set()
+        assert queue.force_flush(10)
+        deadline = threading.Event()
+        for _ in range(100):  # the thread tells the pipeline after its batch
+            if len(_messages(path)) > 1:
+                break
+            deadline.wait(0.05)
+        assert _messages(path) == ["lead", "during"]
+        assert queue not in _batch.BUSY
+        assert gate.batches == [4]
+    finally:
+        gate.release.set()
+        queue.shutdown(5)
 
 
 def test_the_export_thread_does_not_wait_for_a_full_batch_while_a_flush_waits() -> None:
@@ -377,140 +315,35 @@ def test_the_export_thread_waits_when_a_flush_waits_and_nothing_is_queued() -> N
         queue.shutdown(5)
 
 
-def test_threads_writing_while_the_ticker_writes_lose_nothing_and_keep_order(
+def test_threads_writing_while_exports_start_and_end_lose_nothing_and_keep_order(
     out: tuple[LogPipeline, Path],
 ) -> None:
     pipeline, path = out
+    marker = _Busy()
     stop = threading.Event()
 
-    def ticker() -> None:  # what the ticker thread does, as often as it can
+    def exports_come_and_go() -> None:
         while not stop.is_set():
-            pipeline.release_held()
+            _batch.BUSY.add(marker)  # type: ignore[arg-type]
+            stop.wait(0.001)
+            _batch.BUSY.discard(marker)  # type: ignore[arg-type]
+            pipeline.release_held()  # what an export thread does when its batch is done
 
     def writer(name: str) -> None:
         for n in range(500):
-            _emit(pipeline, "line", writer=name, n=n)
+            pipeline.emit("info", {"event": "line", "logger": "x", "writer": name, "n": n})
 
-    releaser = threading.Thread(target=ticker)
-    releaser.start()
+    toggler = threading.Thread(target=exports_come_and_go)
+    toggler.start()
     writers = [threading.Thread(target=writer, args=(f"w{i}",)) for i in range(4)]
     for thread in writers:
         thread.start()
     for thread in writers:
         thread.join()
     stop.set()
-    releaser.join()
+    toggler.join()
+    _batch.BUSY.discard(marker)  # type: ignore[arg-type]
     pipeline.release_held()
     records = [orjson.loads(line) for line in path.read_bytes().splitlines()]
     for i in range(4):
         assert [r["n"] for r in records if r["writer"] == f"w{i}"] == list(range(500))
-
-
-_SHARED_PIPE_SCRIPT = """
-import sys, devkit
-devkit.init()
-log = devkit.get_logger("app")
-for n in range(2000):
-    log.info("line", worker=sys.argv[1], n=n, pad="p" * int(sys.argv[2]))
-devkit.shutdown()
-"""
-
-
-def test_processes_sharing_one_pipe_never_mix_their_lines(tmp_path: Path) -> None:
-    """gunicorn's workers write to one stdout, a pipe in a container: no line is cut by
-    another process's write."""
-    script = tmp_path / "worker.py"
-    script.write_text(_SHARED_PIPE_SCRIPT)
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("DEVKIT_", "OTEL_", "PROMETHEUS"))
-    }
-    env["DEVKIT_SERVICE_NAME"] = "pipe"
-    read, write = os.pipe()
-    children = [
-        subprocess.Popen(
-            [sys.executable, str(script), name, str(pad)], stdout=write, env=env, close_fds=True
-        )
-        for name, pad in (("a", 300), ("b", 1200), ("c", 50))
-    ]
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        output = pipe.read()
-    for child in children:
-        assert child.wait(60) == 0
-    records = [orjson.loads(line) for line in output.splitlines()]  # each line whole
-    for name in "abc":
-        assert [r["n"] for r in records if r.get("worker") == name] == list(range(2000))
-
-
-# -- the ticker ---------------------------------------------------------------------------
-
-
-class _Counts:
-    def __init__(self) -> None:
-        self.rounds = 0
-        self.offered = 0
-
-    def work(self) -> None:
-        self.rounds += 1
-
-    def activity(self) -> int:
-        return self.offered
-
-
-def test_the_ticker_goes_idle_without_work_and_wakes_again() -> None:
-    counts = _Counts()
-    ticker = _ticker.Ticker(counts.work, counts.activity, every_s=0.01, idle_after_s=0.05)
-    assert ticker.sleeping
-    ticker.wake()
-    assert not ticker.sleeping
-    assert _wait_for(lambda: ticker.sleeping)  # idle: nothing was offered
-    rounds = counts.rounds
-    assert rounds >= 5  # one per round until idle, and one on going idle
-    time.sleep(0.1)
-    assert counts.rounds == rounds  # asleep: no more rounds
-    ticker.wake()
-    assert _wait_for(lambda: counts.rounds > rounds)
-    ticker.stop()
-
-
-def test_the_ticker_keeps_going_while_work_is_offered() -> None:
-    counts = _Counts()
-    ticker = _ticker.Ticker(counts.work, counts.activity, every_s=0.01, idle_after_s=0.05)
-    ticker.wake()
-    for _ in range(30):  # 0.3 s of work, six times the idle time
-        counts.offered += 1
-        time.sleep(0.01)
-        assert not ticker.sleeping
-    ticker.stop()
-
-
-def test_a_stopped_ticker_ends_its_thread_and_ignores_wake() -> None:
-    counts = _Counts()
-    ticker = _ticker.Ticker(counts.work, counts.activity, every_s=0.01)
-    ticker.wake()
-    thread = ticker._thread
-    assert thread is not None
-    ticker.stop()
-    thread.join(2)
-    assert not thread.is_alive()
-    ticker.wake()
-    assert ticker._thread is thread  # no new thread
-
-
-def test_a_failing_round_is_counted_and_the_ticker_goes_on() -> None:
-    from devkit import _errors
-
-    calls = [0]
-
-    def work() -> None:
-        calls[0] += 1
-        raise RuntimeError("broken stream")
-
-    ticker = _ticker.Ticker(work, lambda: calls[0], every_s=0.01, idle_after_s=0.05)
-    _errors.set_strict(False)  # devkit's tests re-raise by default; a user's thread counts
-    try:
-        ticker.wake()
-        assert _wait_for(lambda: calls[0] >= 3)
-    finally:
-        ticker.stop()
-    assert _errors.counts()[("ticker", "work_failed")] >= 3

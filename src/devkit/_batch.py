@@ -38,7 +38,7 @@ from devkit import _compat, _errors, _keepalive
 from devkit._keepalive import Answer, watch_answers
 from devkit.config import ExportOptions
 
-__all__ = ["RETRY_BACKOFF_S", "BatchQueue", "Count", "Exporter"]
+__all__ = ["BUSY", "RETRY_BACKOFF_S", "BatchQueue", "Count", "Exporter", "add_idle_listener"]
 
 #: The wait before a batch that failed transiently without a ``Retry-After`` is tried
 #: again, in seconds; it doubles with each further failure in a row (with a fifth of
@@ -50,9 +50,43 @@ Count = Callable[[str, int], None]
 _instances: weakref.WeakSet[BatchQueue] = weakref.WeakSet()
 _fork_hook_registered = False
 
+#: The queues whose export thread has a batch to do. While one has, devkit's log lines
+#: wait instead of being written (:meth:`devkit.logs.LogPipeline.write`): a write releases
+#: the GIL for a moment, which wakes a thread waiting for it without letting it in, so a
+#: busy request thread that writes once per request would wake the export thread once
+#: per request for as long as it waits (docs/benchmarks.md#export-and-the-gil).
+#: Membership changes are single set operations, atomic under the GIL.
+BUSY: set[BatchQueue] = set()
+
+
+class IdleListener(Protocol):
+    def release_held(self) -> None: ...
+
+    def drop_held_after_fork(self) -> None: ...
+
+
+#: Told when an export thread finished its batch (the log pipelines holding lines).
+_idle_listeners: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def add_idle_listener(listener: IdleListener) -> None:
+    """Have ``listener.release_held()`` called each time an export thread is done."""
+    _idle_listeners.add(listener)
+
+
+def _now_idle() -> None:
+    for listener in list(_idle_listeners):
+        try:
+            listener.release_held()
+        except Exception as exc:  # the export thread must go on
+            _errors.report("logs", "write_failed", exc)
+
 
 def _after_fork_in_child() -> None:
     # The parent's export threads do not exist here.
+    BUSY.clear()
+    for listener in list(_idle_listeners):
+        listener.drop_held_after_fork()
     for queue in list(_instances):
         queue._reinit_after_fork()
 
@@ -151,6 +185,7 @@ class BatchQueue:
             # item offered to a full queue, nor while it waits to retry a held batch. A
             # woken thread takes the GIL from the request that woke it.
             if queued < self._max_batch <= len(self._queue) and self._held is None:
+                BUSY.add(self)  # before the thread wakes: it then gets the GIL at once
                 self._cond.notify()
 
     def in_worker(self) -> bool:
@@ -168,10 +203,12 @@ class BatchQueue:
             with self._cond:
                 batch, prepared = self._next_locked()
                 if batch is None:
+                    BUSY.discard(self)
                     self._cond.notify_all()
                     return
                 self._exporting += len(batch)
             kept: list[Any] | None = None
+            BUSY.add(self)  # woken by the timer or a flush rather than a full batch
             try:
                 if batch:
                     kept = self._export(batch, prepared)
@@ -184,6 +221,10 @@ class BatchQueue:
                         else:
                             self._held = kept
                     self._cond.notify_all()
+                    more = len(self._queue) >= self._max_batch and self._held is None
+                if not more:
+                    BUSY.discard(self)
+                    _now_idle()
 
     def _next_locked(self) -> tuple[list[Any] | None, bool]:
         """The next batch and whether it is prepared already (a held one), once its time

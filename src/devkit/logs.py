@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import sys
 import threading
 import time
 import traceback
 import warnings
-import weakref
 from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import ContextVar
 from types import TracebackType
@@ -40,8 +38,7 @@ import structlog
 from opentelemetry import trace as otel_trace
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
-from devkit import _context, _errors
-from devkit._ticker import Ticker
+from devkit import _batch, _context, _errors
 from devkit.config import LEVEL_ALIASES, LEVEL_NUMBERS, LEVELS, Settings
 from devkit.redaction import Redactor
 
@@ -110,13 +107,11 @@ _ACCESS_UNTRACED = (
 
 # Renders of the captured records go to every tap as well (devkit.testing).
 _TAPS: list[Callable[[bytes], None]] = []
-#: How long a line may wait for the ones after it (see ``LogPipeline.write``).
+#: How long a line may wait while an export thread works (see ``LogPipeline.write``),
+#: and how many bytes may wait.
 MAX_HOLD_S = 0.02
-#: The most bytes the lines written together carry: POSIX's ``PIPE_BUF``, so that a write
-#: to a pipe is never split and the lines of processes sharing one (gunicorn's workers
-#: writing to a container's stdout) never mix. Smaller writes also let a waiting export
-#: thread in sooner than larger ones (docs/benchmarks.md#export-and-the-gil).
-MAX_HOLD_BYTES = 4096
+MAX_HOLD_BYTES = 65536
+_busy_exports = _batch.BUSY
 _monotonic = time.monotonic
 # Set while a record is being processed: a record logged *by* the pipeline (a library
 # warning raised while rendering) is dropped instead of recursing.
@@ -129,23 +124,6 @@ def _has_fileno(stream: IO[bytes]) -> bool:
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
         return False
     return True
-
-
-_pipelines: weakref.WeakSet[LogPipeline] = weakref.WeakSet()
-_fork_hook_registered = False
-
-
-def _register_for_fork(pipeline: LogPipeline) -> None:
-    global _fork_hook_registered
-    _pipelines.add(pipeline)
-    if not _fork_hook_registered and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-        _fork_hook_registered = True
-
-
-def _after_fork_in_child() -> None:
-    for pipeline in list(_pipelines):
-        pipeline.drop_held_after_fork()
 
 
 def add_tap(tap: Callable[[bytes], None]) -> None:
@@ -226,7 +204,7 @@ class LogPipeline:
         self.redactor = redactor
         self._clock = _Clock()
         self._lock = threading.Lock()
-        #: Lines waiting for the ones after them, their size, the first one's time.
+        #: Lines waiting while an export thread works, their size, the first one's time.
         self._held: list[bytes] = []
         self._held_bytes = 0
         self._held_since = 0.0
@@ -237,13 +215,11 @@ class LogPipeline:
         if self._binary is None and isinstance(out, io.BufferedIOBase | io.RawIOBase):
             self._binary = cast(IO[bytes], out)
         self._text: IO[str] | None = None if self._binary is not None else cast(IO[str], out)
-        #: Whether lines may wait: only a file descriptor's write costs a system call
-        #: (a test's in-memory stream does not).
+        #: Whether lines may wait for an export thread: only a file descriptor's write
+        #: lets go of the GIL (a test's in-memory stream does not).
         self._may_hold = self._binary is not None and _has_fileno(self._binary)
-        #: Writes the lines held before a quiet spell (its thread starts with the first).
-        self._ticker = self._new_ticker()
         if self._may_hold:
-            _register_for_fork(self)
+            _batch.add_idle_listener(self)
         self._console = settings.log_format == "console"
         #: Write the lines to the stream (``DEVKIT_LOGS_STDOUT``); taps get them anyway.
         self._stdout = settings.logs_stdout
@@ -388,20 +364,18 @@ class LogPipeline:
         """One whole line per call: a buffered binary stream keeps concurrent lines whole
         by itself (its own lock); a text stream is written under the pipeline's lock.
 
-        Lines to a file descriptor that come close together wait for the ones after
-        them, at most ``MAX_HOLD_S``, and go out in one write of at most
-        ``MAX_HOLD_BYTES`` (a longer line is written alone, as it comes). A system call
-        per line is a large part of a small request's cost, and each one lets go of the
-        GIL, which wakes a thread waiting for it without letting it in
-        (docs/benchmarks.md#export-and-the-gil). A line after a quiet spell is written at
-        once; the lines before one are written by a ticker thread.
+        While one of devkit's export threads works on a batch, lines to a binary stream
+        wait (at most ``MAX_HOLD_S`` and ``MAX_HOLD_BYTES``) and go out together when it
+        is done: each write lets go of the GIL for a moment, which wakes a thread waiting
+        for it without letting it in, so a busy request thread writing once per request
+        would wake the export thread once per request and starve it.
         """
         binary = self._binary
         try:
             if not self._stdout:
                 pass
             elif binary is not None:
-                if self._may_hold:
+                if (_busy_exports or self._held) and self._may_hold:
                     self._hold(line, binary)
                 else:
                     binary.write(line)
@@ -418,80 +392,53 @@ class LogPipeline:
                 tap(line)
 
     def _hold(self, line: bytes, binary: IO[bytes]) -> None:
-        """Keep ``line`` back while lines come close together (a line after a quiet spell
-        is written at once), or write it after the ones that wait."""
+        """Keep ``line`` back while lines come close together (a busy process: a line
+        alone is written, so a quiet process never waits for a slow collector), or write
+        it with the ones that wait."""
         with self._lock:
             held = self._held
             now = _monotonic()
             previous, self._last_line = self._last_line, now
-            size = len(line)
-            if held and (
-                now - self._held_since >= MAX_HOLD_S or self._held_bytes + size > MAX_HOLD_BYTES
+            if (
+                _busy_exports
+                and now - previous < MAX_HOLD_S
+                and (not held or now - self._held_since < MAX_HOLD_S)
+                and self._held_bytes + len(line) <= MAX_HOLD_BYTES
             ):
-                self._write_held_locked(binary)
-                held = self._held
-            if now - previous < MAX_HOLD_S and size < MAX_HOLD_BYTES:
                 if not held:
                     self._held_since = now
-                    if self._ticker.sleeping:
-                        self._ticker.wake()
                 held.append(line)
-                self._held_bytes += size
+                self._held_bytes += len(line)
                 return
-            if held:  # a line too long to wait: after the ones that do
-                self._write_held_locked(binary)
-            binary.write(line)
-            binary.flush()
-
-    def _write_held_locked(self, binary: IO[bytes]) -> None:
-        try:
-            binary.write(b"".join(self._held))
-            binary.flush()
-        finally:
+            held.append(line)
             # Emptied once written: until then another thread's line queues behind these.
-            self._held, self._held_bytes = [], 0
+            try:
+                binary.write(b"".join(held))
+                binary.flush()
+            finally:
+                self._held, self._held_bytes = [], 0
 
     def release_held(self) -> None:
-        """Write the lines that wait (the ticker does within ``MAX_HOLD_S``; devkit's
-        flush and shutdown do at once)."""
+        """Write the lines that wait (an export thread is done, or devkit flushes)."""
         if not self._held or self._binary is None:
             return
         with self._lock:
-            if not self._held:
+            held = self._held
+            if not held:
                 return
             try:
-                self._write_held_locked(self._binary)
+                self._binary.write(b"".join(held))
+                self._binary.flush()
             except (OSError, ValueError) as exc:  # closed or broken stream
                 _errors.report("logs", "write_failed", exc)
-
-    def close(self) -> None:
-        """Write what waits and stop the ticker (``shutdown()``)."""
-        self._ticker.stop()
-        self.release_held()
+            finally:
+                # Emptied once written: until then another thread's line queues behind these.
+                self._held, self._held_bytes = [], 0
 
     def drop_held_after_fork(self) -> None:
-        """In a forked child: the waiting lines are the parent's, which writes them; the
-        parent's ticker thread is not here."""
+        """In a forked child: the waiting lines are the parent's, which writes them."""
         self._held, self._held_bytes = [], 0
         self._lock = threading.Lock()
-        self._ticker = self._new_ticker()
-
-    def _new_ticker(self) -> Ticker:
-        # Weak: a pipeline nothing else uses goes, and its ticker's thread with it.
-        ref = weakref.ref(self)
-
-        def work() -> None:
-            pipeline = ref()
-            if pipeline is not None:
-                pipeline.release_held()
-
-        def activity() -> float:
-            pipeline = ref()
-            return pipeline._last_line if pipeline is not None else 0.0
-
-        ticker = Ticker(work, activity, every_s=MAX_HOLD_S, name="devkit-logs")
-        weakref.finalize(self, ticker.stop)
-        return ticker
 
     # -- the access record ------------------------------------------------------------
 
