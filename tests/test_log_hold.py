@@ -7,7 +7,11 @@ wake a working export thread once per request (docs/benchmarks.md#export-and-the
 
 from __future__ import annotations
 
+import io
 import os
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -120,6 +124,93 @@ def test_at_most_max_hold_bytes_wait(out: tuple[LogPipeline, Path], busy: _Busy)
     assert written > 0
     pipeline.release_held()
     assert _messages(path) == [f"{n}" for n in range(20)]
+
+
+class _Writes(io.BufferedIOBase):
+    """A binary stream with a file descriptor that records each write."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self.sizes: list[int] = []
+        self.data = bytearray()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, data: Any) -> int:
+        self.sizes.append(len(data))
+        self.data += data
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_waiting_lines_go_out_in_writes_of_at_most_pipe_buf(tmp_path: Path, busy: _Busy) -> None:
+    with open(tmp_path / "fd", "wb") as real:
+        stream = _Writes(real.fileno())
+        pipeline = LogPipeline(Settings.from_env({}), None, stream)
+        for n in range(100):
+            pipeline.emit("info", {"event": "line", "logger": "x", "n": n, "pad": "x" * 150})
+        pipeline.emit("info", {"event": "long", "logger": "x", "pad": "y" * logs.MAX_WRITE_BYTES})
+        pipeline.release_held()
+    assert stream.sizes[-1] > logs.MAX_WRITE_BYTES  # a longer line alone
+    assert max(stream.sizes[:-1]) <= logs.MAX_WRITE_BYTES
+    assert len(stream.sizes) < 100 / 5  # together, not one by one
+    records = [orjson.loads(line) for line in bytes(stream.data).splitlines()]
+    assert [r.get("n") for r in records[:-1]] == list(range(100))
+    assert records[-1]["message"] == "long"
+
+
+_SHARED_PIPE_SCRIPT = """
+import sys, devkit
+from opentelemetry import trace
+devkit.init()
+tracer = trace.get_tracer("t")
+log = devkit.get_logger("app")
+for n in range(3000):
+    with tracer.start_as_current_span("s"):
+        log.info("line", worker=sys.argv[1], n=n, pad="p" * int(sys.argv[2]))
+devkit.shutdown()
+"""
+
+
+def test_processes_sharing_one_pipe_never_mix_their_lines(tmp_path: Path) -> None:
+    """gunicorn's workers write to one stdout, a pipe in a container. Their export threads
+    hang on a collector that never answers, so their lines wait and go out together: no
+    write may be long enough for the pipe to split it among the processes."""
+    script = tmp_path / "worker.py"
+    script.write_text(_SHARED_PIPE_SCRIPT)
+    collector = socket.socket()
+    collector.bind(("127.0.0.1", 0))
+    collector.listen(64)  # accepts connections, never answers
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DEVKIT_", "OTEL_", "PROMETHEUS"))
+    }
+    env.update(
+        DEVKIT_SERVICE_NAME="pipe",
+        DEVKIT_TRACES_EXPORTER="otlp",
+        DEVKIT_SAMPLE_SUCCESS_RATIO="1",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.getsockname()[1]}",
+        DEVKIT_SHUTDOWN_TIMEOUT_S="1",
+    )
+    read, write = os.pipe()
+    try:
+        children = [
+            subprocess.Popen([sys.executable, str(script), name, str(pad)], stdout=write, env=env)
+            for name, pad in (("a", 300), ("b", 1200), ("c", 50))
+        ]
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            output = pipe.read()
+        for child in children:
+            assert child.wait(120) == 0
+    finally:
+        collector.close()
+    records = [orjson.loads(line) for line in output.splitlines()]  # every line whole
+    for name in "abc":
+        assert [r["n"] for r in records if r.get("worker") == name] == list(range(3000))
 
 
 def test_an_in_memory_stream_never_holds(busy: _Busy) -> None:

@@ -111,11 +111,32 @@ _TAPS: list[Callable[[bytes], None]] = []
 #: and how many bytes may wait.
 MAX_HOLD_S = 0.02
 MAX_HOLD_BYTES = 65536
+#: The most bytes of waiting lines one write carries: POSIX's ``PIPE_BUF``, so that a
+#: write to a pipe is never split and the lines of processes sharing one (gunicorn's
+#: workers writing to a container's stdout) never mix. A longer line goes alone.
+MAX_WRITE_BYTES = 4096
 _busy_exports = _batch.BUSY
 _monotonic = time.monotonic
 # Set while a record is being processed: a record logged *by* the pipeline (a library
 # warning raised while rendering) is dropped instead of recursing.
 _IN_PIPELINE: ContextVar[bool] = ContextVar("devkit_in_log_pipeline", default=False)
+
+
+def _write_lines(binary: IO[bytes], lines: list[bytes]) -> None:
+    """Write ``lines`` in order, whole, in writes of at most ``MAX_WRITE_BYTES`` (a longer
+    line alone)."""
+    chunk: list[bytes] = []
+    size = 0
+    for line in lines:
+        if chunk and size + len(line) > MAX_WRITE_BYTES:
+            binary.write(b"".join(chunk))
+            binary.flush()
+            chunk, size = [], 0
+        chunk.append(line)
+        size += len(line)
+    if chunk:
+        binary.write(b"".join(chunk))
+        binary.flush()
 
 
 def _has_fileno(stream: IO[bytes]) -> bool:
@@ -366,9 +387,10 @@ class LogPipeline:
 
         While one of devkit's export threads works on a batch, lines to a binary stream
         wait (at most ``MAX_HOLD_S`` and ``MAX_HOLD_BYTES``) and go out together when it
-        is done: each write lets go of the GIL for a moment, which wakes a thread waiting
-        for it without letting it in, so a busy request thread writing once per request
-        would wake the export thread once per request and starve it.
+        is done, in writes of at most ``MAX_WRITE_BYTES``: each write lets go of the GIL
+        for a moment, which wakes a thread waiting for it without letting it in, so a
+        busy request thread writing once per request would wake the export thread once
+        per request and starve it.
         """
         binary = self._binary
         try:
@@ -413,8 +435,7 @@ class LogPipeline:
             held.append(line)
             # Emptied once written: until then another thread's line queues behind these.
             try:
-                binary.write(b"".join(held))
-                binary.flush()
+                _write_lines(binary, held)
             finally:
                 self._held, self._held_bytes = [], 0
 
@@ -427,8 +448,7 @@ class LogPipeline:
             if not held:
                 return
             try:
-                self._binary.write(b"".join(held))
-                self._binary.flush()
+                _write_lines(self._binary, held)
             except (OSError, ValueError) as exc:  # closed or broken stream
                 _errors.report("logs", "write_failed", exc)
             finally:
