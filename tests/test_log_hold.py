@@ -147,14 +147,32 @@ class _Writes(io.BufferedIOBase):
         pass
 
 
-def test_waiting_lines_go_out_in_writes_of_at_most_pipe_buf(tmp_path: Path, busy: _Busy) -> None:
+def _hold_and_release(stream: _Writes) -> None:
+    pipeline = LogPipeline(Settings.from_env({}), None, stream)
+    for n in range(100):
+        pipeline.emit("info", {"event": "line", "logger": "x", "n": n, "pad": "x" * 150})
+    pipeline.emit("info", {"event": "long", "logger": "x", "pad": "y" * logs.MAX_WRITE_BYTES})
+    pipeline.release_held()
+
+
+def test_waiting_lines_go_to_a_file_in_one_write(tmp_path: Path, busy: _Busy) -> None:
     with open(tmp_path / "fd", "wb") as real:
         stream = _Writes(real.fileno())
-        pipeline = LogPipeline(Settings.from_env({}), None, stream)
-        for n in range(100):
-            pipeline.emit("info", {"event": "line", "logger": "x", "n": n, "pad": "x" * 150})
-        pipeline.emit("info", {"event": "long", "logger": "x", "pad": "y" * logs.MAX_WRITE_BYTES})
-        pipeline.release_held()
+        _hold_and_release(stream)
+    # The line after a quiet spell at once, then every waiting one together.
+    assert len(stream.sizes) == 2
+    records = [orjson.loads(line) for line in bytes(stream.data).splitlines()]
+    assert [r.get("n") for r in records[:-1]] == list(range(100))
+
+
+def test_waiting_lines_go_to_a_pipe_in_writes_of_at_most_pipe_buf(busy: _Busy) -> None:
+    read, write = os.pipe()
+    try:
+        stream = _Writes(write)  # records the writes; the pipe is only asked what it is
+        _hold_and_release(stream)
+    finally:
+        os.close(read)
+        os.close(write)
     assert stream.sizes[-1] > logs.MAX_WRITE_BYTES  # a longer line alone
     assert max(stream.sizes[:-1]) <= logs.MAX_WRITE_BYTES
     assert len(stream.sizes) < 100 / 5  # together, not one by one

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import stat
 import sys
 import threading
 import time
@@ -111,9 +113,10 @@ _TAPS: list[Callable[[bytes], None]] = []
 #: and how many bytes may wait.
 MAX_HOLD_S = 0.02
 MAX_HOLD_BYTES = 65536
-#: The most bytes of waiting lines one write carries: POSIX's ``PIPE_BUF``, so that a
-#: write to a pipe is never split and the lines of processes sharing one (gunicorn's
-#: workers writing to a container's stdout) never mix. A longer line goes alone.
+#: The most bytes of waiting lines one write to a pipe or socket carries: POSIX's
+#: ``PIPE_BUF``, so that the write is never split and the lines of processes sharing one
+#: (gunicorn's workers writing to a container's stdout) never mix. A longer line goes
+#: alone. A file or terminal takes them in one write.
 MAX_WRITE_BYTES = 4096
 _busy_exports = _batch.BUSY
 _monotonic = time.monotonic
@@ -122,13 +125,20 @@ _monotonic = time.monotonic
 _IN_PIPELINE: ContextVar[bool] = ContextVar("devkit_in_log_pipeline", default=False)
 
 
-def _write_lines(binary: IO[bytes], lines: list[bytes]) -> None:
-    """Write ``lines`` in order, whole, in writes of at most ``MAX_WRITE_BYTES`` (a longer
-    line alone)."""
+def _write_lines(binary: IO[bytes], lines: list[bytes], limit: int | None) -> None:
+    """Write ``lines`` in order, whole, in writes of at most ``limit`` bytes (a longer line
+    alone), or in one write without a limit.
+
+    Each write lets go of the GIL: where no limit is needed, one write keeps a thread
+    waiting for it from being woken once per piece."""
+    if limit is None:
+        binary.write(b"".join(lines))
+        binary.flush()
+        return
     chunk: list[bytes] = []
     size = 0
     for line in lines:
-        if chunk and size + len(line) > MAX_WRITE_BYTES:
+        if chunk and size + len(line) > limit:
             binary.write(b"".join(chunk))
             binary.flush()
             chunk, size = [], 0
@@ -145,6 +155,16 @@ def _has_fileno(stream: IO[bytes]) -> bool:
     except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
         return False
     return True
+
+
+def _write_limit(stream: IO[bytes]) -> int | None:
+    """``MAX_WRITE_BYTES`` for a pipe or socket, which may split a longer write among its
+    writers; None for anything else."""
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):
+        return None
+    return MAX_WRITE_BYTES if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) else None
 
 
 def add_tap(tap: Callable[[bytes], None]) -> None:
@@ -239,6 +259,8 @@ class LogPipeline:
         #: Whether lines may wait for an export thread: only a file descriptor's write
         #: lets go of the GIL (a test's in-memory stream does not).
         self._may_hold = self._binary is not None and _has_fileno(self._binary)
+        #: How many bytes of waiting lines one write may carry (see ``_write_lines``).
+        self._write_limit = _write_limit(self._binary) if self._binary is not None else None
         if self._may_hold:
             _batch.add_idle_listener(self)
         self._console = settings.log_format == "console"
@@ -387,10 +409,11 @@ class LogPipeline:
 
         While one of devkit's export threads works on a batch, lines to a binary stream
         wait (at most ``MAX_HOLD_S`` and ``MAX_HOLD_BYTES``) and go out together when it
-        is done, in writes of at most ``MAX_WRITE_BYTES``: each write lets go of the GIL
-        for a moment, which wakes a thread waiting for it without letting it in, so a
-        busy request thread writing once per request would wake the export thread once
-        per request and starve it.
+        is done (to a pipe or socket in writes of at most ``MAX_WRITE_BYTES``, which it
+        never splits among processes): each write lets go of the GIL for a moment, which
+        wakes a thread waiting for it without letting it in, so a busy request thread
+        writing once per request would wake the export thread once per request and
+        starve it.
         """
         binary = self._binary
         try:
@@ -435,7 +458,7 @@ class LogPipeline:
             held.append(line)
             # Emptied once written: until then another thread's line queues behind these.
             try:
-                _write_lines(binary, held)
+                _write_lines(binary, held, self._write_limit)
             finally:
                 self._held, self._held_bytes = [], 0
 
@@ -448,7 +471,7 @@ class LogPipeline:
             if not held:
                 return
             try:
-                _write_lines(self._binary, held)
+                _write_lines(self._binary, held, self._write_limit)
             except (OSError, ValueError) as exc:  # closed or broken stream
                 _errors.report("logs", "write_failed", exc)
             finally:
