@@ -181,6 +181,22 @@ def test_waiting_lines_go_to_a_pipe_in_writes_of_at_most_pipe_buf(busy: _Busy) -
     assert records[-1]["message"] == "long"
 
 
+def _exporting_env(service: str, endpoint: str, shutdown_timeout_s: str) -> dict[str, str]:
+    """A child process's environment: this one's without instrumentation variables, every
+    trace kept and exported to ``endpoint``."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DEVKIT_", "OTEL_", "PROMETHEUS"))
+    }
+    env.update(
+        DEVKIT_SERVICE_NAME=service,
+        DEVKIT_TRACES_EXPORTER="otlp",
+        DEVKIT_SAMPLE_SUCCESS_RATIO="1",
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        DEVKIT_SHUTDOWN_TIMEOUT_S=shutdown_timeout_s,
+    )
+    return env
+
+
 _SHARED_PIPE_SCRIPT = """
 import sys, devkit
 from opentelemetry import trace
@@ -203,16 +219,7 @@ def test_processes_sharing_one_pipe_never_mix_their_lines(tmp_path: Path) -> Non
     collector = socket.socket()
     collector.bind(("127.0.0.1", 0))
     collector.listen(64)  # accepts connections, never answers
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("DEVKIT_", "OTEL_", "PROMETHEUS"))
-    }
-    env.update(
-        DEVKIT_SERVICE_NAME="pipe",
-        DEVKIT_TRACES_EXPORTER="otlp",
-        DEVKIT_SAMPLE_SUCCESS_RATIO="1",
-        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.getsockname()[1]}",
-        DEVKIT_SHUTDOWN_TIMEOUT_S="1",
-    )
+    env = _exporting_env("pipe", f"http://127.0.0.1:{collector.getsockname()[1]}", "1")
     read, write = os.pipe()
     try:
         children = [
@@ -332,19 +339,8 @@ def test_stdout_of_a_child_process_gets_every_line_once(tmp_path: Path) -> None:
         "        log.info('line', n=n)\n"
         "devkit.shutdown()\n"
     )
-    import subprocess
-    import sys
-
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("DEVKIT_", "OTEL_", "PROMETHEUS"))
-    }
-    env.update(
-        DEVKIT_SERVICE_NAME="hold",
-        DEVKIT_TRACES_EXPORTER="otlp",
-        DEVKIT_SAMPLE_SUCCESS_RATIO="1",
-        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",  # refused: batches fail fast
-        DEVKIT_SHUTDOWN_TIMEOUT_S="2",
-    )
+    # Port 9 refuses the connection: batches fail fast.
+    env = _exporting_env("hold", "http://127.0.0.1:9", "2")
     done = subprocess.run(
         [sys.executable, str(script)], env=env, capture_output=True, timeout=120, check=True
     )
