@@ -190,6 +190,7 @@ def _build(state: State) -> None:
     core = state.core = Core(
         settings, metrics=metrics, tracing=tracing, logs=pipeline, health=registry
     )
+    closers.append(("middleware", lambda _t: core.close()))
 
     if settings.metrics_port is not None:
         from devkit.http._metrics_server import MetricsServer

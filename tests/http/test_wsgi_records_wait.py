@@ -1,0 +1,252 @@
+"""A WSGI request's access record waits to be written with those of the next requests.
+
+The span and the RED metrics are done when the response closes; the record of a request
+without an error waits until ``RECORD_BATCH`` wait, or ``RECORD_DELAY_S`` after the
+oldest ended when no request follows (``Core.finish_copied``). These tests pin what that
+must not change: every record is written once, in order, with the request's own end time
+and ids; counts are never late; errors are written at once; nothing waits past the bound,
+a read or a shutdown; and the thread that writes idle records does not outlive the idle.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import REGISTRY
+
+import devkit
+from devkit import _state
+from devkit.http import _timer
+from devkit.http._core import RECORD_BATCH, RECORD_DELAY_S, Core
+from devkit.testing import CapturedLogs
+
+_ACCESS = b'"message":"request completed"'
+
+
+def _app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    status = environ["PATH_INFO"].rsplit("/", 1)[-1]
+    if status == "raise":
+        raise RuntimeError("bad")
+    if status == "slow":
+        time.sleep(0.03)
+        status = "200"
+    start_response(f"{status} X", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+def _call(app: Any, path: str) -> str:
+    """One request through ``app`` as a WSGI server makes it; its correlation id."""
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        seen.update(headers)
+        return lambda data: None
+
+    body = app({"REQUEST_METHOD": "GET", "PATH_INFO": path}, start_response)
+    try:
+        for _ in body:
+            pass
+    finally:
+        body.close()
+    return str(seen["X-Correlation-ID"])
+
+
+def _access(logs: CapturedLogs) -> list[dict[str, Any]]:
+    """The access records written so far (raw lines: reading them writes nothing)."""
+    return [orjson.loads(line) for line in list(logs.lines) if _ACCESS in line]
+
+
+def _core() -> Core:
+    core = _state.core()
+    assert core is not None
+    return core
+
+
+def _records_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "devkit-records"]
+
+
+def test_records_wait_for_a_batch_and_keep_their_order_and_ids(
+    devkit_logs: CapturedLogs,
+) -> None:
+    devkit.init()
+    app = devkit.wsgi(_app)
+    cids = []
+    ends = []
+    for i in range(RECORD_BATCH - 1):
+        cids.append(_call(app, f"/r{i}/200"))
+        ends.append(time.time())
+        time.sleep(0.001)
+    # Nothing written yet: they wait for the request that fills the batch.
+    assert _access(devkit_logs) == []
+    cids.append(_call(app, "/last/200"))
+    records = _access(devkit_logs)
+    assert [r["correlation_id"] for r in records] == cids
+    assert [r["path"] for r in records] == [f"/r{i}/200" for i in range(RECORD_BATCH - 1)] + [
+        "/last/200"
+    ]
+    # Each record carries its own request's end, not the time it was written.
+    for record, end in zip(records[:-1], ends, strict=False):
+        stamp = datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
+        assert end - 0.005 <= stamp <= end + 0.001, (record, end)
+    assert len({r["trace_id"] for r in records}) == RECORD_BATCH
+
+
+def test_counts_are_not_late(devkit_logs: CapturedLogs) -> None:
+    devkit.init()
+    app = devkit.wsgi(_app)
+    _call(app, "/a/200")
+    labels = {"method": "GET", "route": "<unmatched>", "status_code": "200"}
+    # Read without a flush: the count is there while the record still waits.
+    assert REGISTRY.get_sample_value("http_requests_total", labels) == 1.0
+    assert REGISTRY.get_sample_value("http_requests_in_progress", {"method": "GET"}) == 0.0
+    assert _access(devkit_logs) == []
+    assert [r["path"] for r in devkit_logs.records] == ["/a/200"]  # a read writes it
+
+
+def test_errors_are_written_at_once_after_the_waiting_ones(devkit_logs: CapturedLogs) -> None:
+    devkit.init()
+    app = devkit.wsgi(_app)
+    _call(app, "/a/200")
+    _call(app, "/b/404")
+    _call(app, "/c/500")
+    assert [(r["path"], r["level"]) for r in _access(devkit_logs)] == [
+        ("/a/200", "info"),
+        ("/b/404", "warn"),
+        ("/c/500", "error"),
+    ]
+    _call(app, "/d/200")
+    with pytest.raises(RuntimeError):
+        _call(app, "/e/raise")
+    records = _access(devkit_logs)
+    assert [r["path"] for r in records][3:] == ["/d/200", "/e/raise"]
+    assert records[-1]["error"]["type"] == "RuntimeError"
+
+
+def test_an_idle_process_writes_them_within_the_delay(devkit_logs: CapturedLogs) -> None:
+    devkit.init()
+    app = devkit.wsgi(_app)
+    _call(app, "/a/200")
+    ended = time.monotonic()
+    deadline = ended + 5
+    while not _access(devkit_logs) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    waited = time.monotonic() - ended
+    assert [r["path"] for r in _access(devkit_logs)] == ["/a/200"]
+    # Not before the delay (the timer writes only records that waited it), nor long after.
+    assert RECORD_DELAY_S * 0.9 <= waited < RECORD_DELAY_S + 1.0, waited
+
+
+def test_the_timer_thread_ends_when_idle_and_comes_back(
+    devkit_logs: CapturedLogs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("devkit.http._core._RECORD_TIMER_IDLE_S", 0.1)
+    devkit.init()
+    app = devkit.wsgi(_app)
+    assert _records_threads() == []  # none until a record waits
+    _call(app, "/a/200")
+    assert len(_records_threads()) == 1
+    deadline = time.monotonic() + 5
+    while _records_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _records_threads() == []
+    assert [r["path"] for r in _access(devkit_logs)] == ["/a/200"]
+    _call(app, "/b/200")
+    assert len(_records_threads()) == 1
+    deadline = time.monotonic() + 5
+    while not _access(devkit_logs)[1:] and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert [r["path"] for r in _access(devkit_logs)] == ["/a/200", "/b/200"]
+
+
+def test_shutdown_writes_what_waits_and_stops_the_thread(devkit_logs: CapturedLogs) -> None:
+    devkit.init()
+    app = devkit.wsgi(_app)
+    _call(app, "/a/200")
+    _call(app, "/b/200")
+    devkit.shutdown()
+    assert [r["path"] for r in _access(devkit_logs)] == ["/a/200", "/b/200"]
+    deadline = time.monotonic() + 2
+    while _records_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _records_threads() == []
+
+
+def test_threads_write_each_record_once(devkit_logs: CapturedLogs) -> None:
+    devkit.init()
+    app = devkit.wsgi(_app)
+    per_thread = 3 * RECORD_BATCH + 5
+
+    def serve(n: int) -> None:
+        for i in range(per_thread):
+            _call(app, f"/t{n}-{i}/200")
+
+    threads = [threading.Thread(target=serve, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    paths = [r["path"] for r in devkit_logs.records]
+    assert sorted(paths) == sorted(f"/t{n}-{i}/200" for n in range(4) for i in range(per_thread))
+    _core().flush_pending()
+    assert len(_access(devkit_logs)) == 4 * per_thread
+
+
+# -- the timer ---------------------------------------------------------------------------
+
+
+class _Waiting:
+    def __init__(self) -> None:
+        self.n = 0
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.n = 0
+
+    def count(self) -> int:
+        return self.n
+
+
+def test_timer_starts_one_thread_and_ends_after_the_idle_rounds() -> None:
+    waiting = _Waiting()
+    timer = _timer.FlushTimer(waiting.flush, waiting.count, delay_s=0.01, idle_after_s=0.05)
+    waiting.n = 1
+    timer.start()
+    timer.start()
+    assert timer.running and len(_records_threads()) == 1
+    deadline = time.monotonic() + 5
+    while timer.running and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert not timer.running and waiting.n == 0 and waiting.flushes >= 5
+    deadline = time.monotonic() + 5
+    while _records_threads() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert _records_threads() == []
+
+
+def test_timer_keeps_running_while_something_waits() -> None:
+    waiting = _Waiting()
+    timer = _timer.FlushTimer(lambda: None, waiting.count, delay_s=0.01, idle_after_s=0.02)
+    waiting.n = 1
+    timer.start()
+    time.sleep(0.15)
+    assert timer.running  # never idle: something waits in every round
+    waiting.n = 0
+    deadline = time.monotonic() + 5
+    while timer.running and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert not timer.running
+
+
+def test_a_stopped_timer_starts_no_thread() -> None:
+    waiting = _Waiting()
+    timer = _timer.FlushTimer(waiting.flush, waiting.count, delay_s=0.01, idle_after_s=1)
+    timer.stop()
+    timer.start()
+    assert not timer.running and waiting.flushes == 0
