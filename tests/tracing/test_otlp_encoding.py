@@ -219,3 +219,14 @@ def test_values_the_encoder_refuses(value: Any) -> None:
     assert sent == [] and len(fallback) == 1
     assert fast.export([readable()]) is SpanExportResult.SUCCESS
     assert len(sent) == 1
+
+
+def test_the_pair_cache_is_bounded_and_gives_the_same_bytes_after_a_reset() -> None:
+    from devkit.tracing._otlp import _MAX_CACHED_PAIRS
+
+    spans = [readable(attributes={"k": f"v{i}", "n": i}) for i in range(_MAX_CACHED_PAIRS)]
+    encoder = _Encoder()
+    first = encoder.request(spans)
+    assert encoder.request(spans) == first == encode_spans(spans)
+    cached = sum(map(len, encoder._strs.values())) + sum(map(len, encoder._ints.values()))
+    assert 0 < cached <= _MAX_CACHED_PAIRS

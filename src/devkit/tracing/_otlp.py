@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from devkit import _compat
 from devkit.tracing._export import ExportSpan
@@ -35,11 +35,15 @@ _KIND = {
     SpanKind.PRODUCER: 4,
     SpanKind.CONSUMER: 5,
 }
+_KIND_FIELD = {kind: b"\x30" + bytes((number,)) for kind, number in _KIND.items()}
 _FLAGS_HAS_IS_REMOTE = 0x100
 _FLAGS_IS_REMOTE = 0x200
+_LOCAL_PARENT = b"\x85\x01" + struct.pack("<I", _FLAGS_HAS_IS_REMOTE)
+_REMOTE_PARENT = b"\x85\x01" + struct.pack("<I", _FLAGS_HAS_IS_REMOTE | _FLAGS_IS_REMOTE)
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
 _MAX_CACHED_PAIRS = 4096
+_MAX_CACHED_NAMES = 1024
 _pack_double = struct.Struct("<d").pack
 _pack_u64 = struct.Struct("<Q").pack
 _pack_u32 = struct.Struct("<I").pack
@@ -94,11 +98,24 @@ def _key_value(key: str, value: object) -> bytes:
     return _field(b"\x0a", key.encode("utf-8")) + _field(b"\x12", _any_value(value))
 
 
+#: A ``Status`` without a description, by code.
+_STATUS_FIELD = {
+    code.value: _field(b"\x7a", b"\x18" + _varint(code.value) if code.value else b"")
+    for code in StatusCode
+}
+
+
 class _Encoder:
     """Keeps the caches; one per exporter (used by its export thread only)."""
 
     def __init__(self) -> None:
-        self._pairs: dict[tuple[bytes, str, type, object], bytes] = {}
+        #: Encoded pairs by field tag, then by ``(key, value)``: one dict for short
+        #: strings and one for ints, so that True, 1 and 1.0 never share an encoding
+        #: (they are equal as dict keys).
+        self._strs: dict[bytes, dict[tuple[str, object], bytes]] = {}
+        self._ints: dict[bytes, dict[tuple[str, object], bytes]] = {}
+        self._cached = 0
+        self._names: dict[str, bytes] = {}
         self._resources: dict[Any, bytes] = {}
         self._scopes: dict[Any, bytes] = {}
 
@@ -106,30 +123,48 @@ class _Encoder:
         """Each pair as a repeated ``KeyValue`` field ``tag``."""
         if not attributes:
             return b""
-        pairs = self._pairs
+        strs = self._strs.get(tag)
+        ints = self._ints.get(tag)
+        if strs is None or ints is None:
+            strs = self._strs[tag] = {}
+            ints = self._ints[tag] = {}
         out = []
-        for key, value in attributes.items():
-            # Short strings, ints and bools repeat (methods, routes, status codes); the
-            # type is part of the key so that True, 1 and 1.0 never share an encoding.
-            cache_key: tuple[bytes, str, type, object] | None = None
-            if (isinstance(value, str) and len(value) <= 24) or type(value) in (int, bool):
-                cache_key = (tag, key, type(value), value)
-                encoded = pairs.get(cache_key)
-                if encoded is not None:
-                    out.append(encoded)
-                    continue
-            try:
-                encoded = _field(tag, _key_value(key, value))
-            except Unsupported:
-                raise
-            except Exception as exc:  # e.g. a str with lone surrogates
-                raise Unsupported(str(exc)) from exc
-            if cache_key is not None:
-                if len(pairs) >= _MAX_CACHED_PAIRS:
-                    pairs.clear()
-                pairs[cache_key] = encoded
+        # Short strings and ints repeat (methods, routes, addresses, status codes): the
+        # item tuple the dict iterator yields is the cache key, so a hit builds nothing.
+        for item in attributes.items():
+            value = item[1]
+            if type(value) is str:
+                encoded = strs.get(item)
+                if encoded is None:
+                    encoded = self._pair(tag, item, strs if len(value) <= 24 else None)
+            elif type(value) is int:
+                encoded = ints.get(item)
+                if encoded is None:
+                    encoded = self._pair(tag, item, ints)
+            else:
+                encoded = self._pair(tag, item, None)
             out.append(encoded)
         return b"".join(out)
+
+    def _pair(
+        self, tag: bytes, item: tuple[str, object], cache: dict[tuple[str, object], bytes] | None
+    ) -> bytes:
+        """``item`` encoded, and remembered in ``cache`` when given."""
+        try:
+            encoded = _field(tag, _key_value(item[0], item[1]))
+        except Unsupported:
+            raise
+        except Exception as exc:  # e.g. a str with lone surrogates
+            raise Unsupported(str(exc)) from exc
+        if cache is not None:
+            if self._cached >= _MAX_CACHED_PAIRS:
+                for caches in (self._strs, self._ints):
+                    for entries in caches.values():
+                        entries.clear()
+                self._cached = 0
+            cache[item] = encoded
+            self._cached += 1
+        return encoded
 
     def resource(self, resource: Any) -> bytes:
         encoded = self._resources.get(resource)
@@ -153,6 +188,7 @@ class _Encoder:
 
     def span(self, span: Any) -> bytes:
         ctx = span.context
+        parent = span.parent
         out = [
             b"\x0a\x10",
             ctx.trace_id.to_bytes(16, "big"),
@@ -162,13 +198,19 @@ class _Encoder:
         state = ctx.trace_state
         if state:
             out.append(_field(b"\x1a", ",".join(f"{k}={v}" for k, v in state.items()).encode()))
-        parent = span.parent
         if parent:
             out.append(b"\x22\x08")
             out.append(parent.span_id.to_bytes(8, "big"))
-        if span.name:
-            out.append(_field(b"\x2a", span.name.encode("utf-8")))
-        out.append(b"\x30" + _varint(_KIND[span.kind]))
+        name = span.name
+        if name:
+            # Span names come from a small set (a method and a route template).
+            encoded = self._names.get(name)
+            if encoded is None:
+                encoded = _field(b"\x2a", name.encode("utf-8"))
+                if len(self._names) < _MAX_CACHED_NAMES and type(name) is str:
+                    self._names[name] = encoded
+            out.append(encoded)
+        out.append(_KIND_FIELD[span.kind])
         if span.start_time:
             out.append(b"\x39" + _pack_u64(span.start_time))
         if span.end_time:
@@ -205,15 +247,16 @@ class _Encoder:
             out.append(b"\x70" + _varint(dropped))
         status = span.status
         if status is not None:
-            body = (
-                _field(b"\x12", status.description.encode("utf-8")) if status.description else b""
-            )
+            description = status.description
             code = status.status_code.value
-            if code:
-                body += b"\x18" + _varint(code)
-            out.append(_field(b"\x7a", body))
-        flags = _FLAGS_HAS_IS_REMOTE | (_FLAGS_IS_REMOTE if parent and parent.is_remote else 0)
-        out.append(b"\x85\x01" + _pack_u32(flags))
+            if description:
+                body = _field(b"\x12", description.encode("utf-8"))
+                if code:
+                    body += b"\x18" + _varint(code)
+                out.append(_field(b"\x7a", body))
+            else:
+                out.append(_STATUS_FIELD[code])
+        out.append(_REMOTE_PARENT if parent and parent.is_remote else _LOCAL_PARENT)
         return b"".join(out)
 
     def request(self, spans: Sequence[Any]) -> bytes:
