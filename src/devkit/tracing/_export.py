@@ -30,6 +30,7 @@ RedactText = Callable[[str], str]
 _NAME_CACHE_MAX = 2048
 #: Longer names (an SQL statement for a name) are redacted each time, not kept.
 _NAME_CACHE_CHARS = 256
+_new_export_span = object.__new__
 
 
 def text_redactor(redact: Redact) -> RedactText:
@@ -191,9 +192,22 @@ class BatchExporter(BatchQueue):
         links = span.links
         if links:
             links = [Link(k.context, redact(k.attributes)) if k.attributes else k for k in links]
-        return ExportSpan(
-            span, attributes, events, name=clean_name, status=status, links=list(links)
-        )
+        # Filled here rather than through ExportSpan's __init__ (a class call with
+        # keywords): this runs for every exported span.
+        out: ExportSpan = _new_export_span(ExportSpan)
+        out.name = clean_name
+        out.context = span.context
+        out.parent = span.parent
+        out.kind = span.kind
+        out.status = status
+        out.start_time = span.start_time
+        out.end_time = span.end_time
+        out.attributes = attributes
+        out.events = events
+        out.links = list(links) if links else []
+        out.resource = span.resource
+        out.instrumentation_scope = span.instrumentation_scope
+        return out
 
     def _name(self, name: str) -> str:
         """``name`` (a span's or an event's) redacted, remembered while the cache has room."""
