@@ -874,9 +874,21 @@ class Redactor:
         """A redacted copy of OpenTelemetry span attributes (scalars or sequences of
         them); sequences keep their type, a sensitive key's value becomes one marker."""
         out: dict[str, Any] = {}
+        # key_kind() and redact_str() with their caches read here: every kept span's
+        # attributes come through, and a call costs as much as the lookup it wraps.
+        kinds = self._key_cache
+        cached = self._str_cache.get
         for key, value in attrs.items():
-            if self.key_kind(key):
+            kind = kinds.get(key)
+            if kind is None:
+                kind = self._classify_key(key)
+            if kind:
                 out[key] = self._secret_marker(value)
+            elif type(value) is str:
+                new = cached(value) if len(value) <= _STR_CACHE_MAX_LEN else None
+                if new is None:
+                    new = self._scan(value)
+                out[key] = new or value  # "": cached as unchanged
             elif isinstance(value, str):
                 out[key] = self.redact_str(value)
             elif isinstance(value, bool | int | float):
