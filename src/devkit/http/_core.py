@@ -253,6 +253,13 @@ def _detail_source(source: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return {key: source[key] for key in keys if key in source}
 
 
+def _detail_headers(headers: Any) -> tuple[tuple[str, int], ...] | None:
+    """The part of the response's headers the span's attributes are read from: its
+    length (a kept span waits for export; the headers list and its pairs need not)."""
+    size = _response_length(headers)
+    return None if size is None else (("content-length", size),)
+
+
 _DETAIL_HEADERS = frozenset(
     {b"forwarded", b"x-forwarded-host", b"host", b"x-forwarded-for", b"user-agent"}
     | {b"content-length"}
@@ -829,8 +836,10 @@ class Core:
             else:
                 # A kept span waits in the export queue (for as long as a collector is
                 # away): it keeps only what its attributes are read from, not the scope
-                # with the app's objects in it.
+                # with the app's objects in it, nor objects the garbage collector would
+                # scan and promote while they wait.
                 req.source = _detail_source(req.source)
+                req.response_headers = _detail_headers(req.response_headers)
                 if self.exemplars:
                     req.exemplar = "%032x" % req.trace_id
 
