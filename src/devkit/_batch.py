@@ -36,6 +36,7 @@ from opentelemetry.context import attach, detach, set_value
 
 from devkit import _compat, _errors, _keepalive
 from devkit._keepalive import Answer, watch_answers
+from devkit._threads import start_daemon
 from devkit.config import ExportOptions
 
 __all__ = ["BUSY", "RETRY_BACKOFF_S", "BatchQueue", "Count", "Exporter", "add_idle_listener"]
@@ -193,8 +194,7 @@ class BatchQueue:
         return threading.current_thread() is self._thread
 
     def _start_locked(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
-        self._thread.start()
+        self._thread = start_daemon(self._run, self.thread_name)
 
     # -- consumer side ---------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from typing import Any, Final, Literal, Protocol, TypeVar
 import orjson
 
 from devkit import _errors
+from devkit._threads import start_daemon
 from devkit.config import PROBE_KINDS
 
 __all__ = [
@@ -421,11 +422,8 @@ class LivenessWatchdog:
                 self._pending = False
             if self._thread is None:
                 stop = threading.Event()
-                thread = threading.Thread(
-                    target=self._run, args=(stop,), name="devkit-liveness-watchdog", daemon=True
-                )
-                self._stop_event, self._thread = stop, thread
-                thread.start()
+                self._stop_event = stop
+                self._thread = start_daemon(self._run, "devkit-liveness-watchdog", stop)
 
     def stop(self) -> None:
         """Detach and stop the heartbeat thread. :meth:`attach` starts it again."""

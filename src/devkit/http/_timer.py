@@ -19,6 +19,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from devkit._threads import start_daemon
+
 __all__ = ["FlushTimer"]
 
 
@@ -54,10 +56,7 @@ class FlushTimer:
             if self.running or self._stop.is_set():
                 return
             self.running = True
-            thread = self._thread = threading.Thread(
-                target=self._run, name="devkit-records", daemon=True
-            )
-            thread.start()
+            self._thread = start_daemon(self._run, "devkit-records")
 
     def stop(self, timeout_s: float = 1.0) -> None:
         """No more rounds (shutdown): the thread ends, waited for up to ``timeout_s``."""
