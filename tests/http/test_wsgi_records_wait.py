@@ -250,3 +250,28 @@ def test_a_stopped_timer_starts_no_thread() -> None:
     timer.stop()
     timer.start()
     assert not timer.running and waiting.flushes == 0
+
+
+def test_a_failing_round_does_not_stop_the_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from devkit import _errors
+
+    monkeypatch.setattr(_errors, "_strict", False)
+    reported: list[str] = []
+    monkeypatch.setattr(_errors, "report", lambda *args, **kwargs: reported.append(args[1]))
+    waiting = _Waiting()
+    calls = []
+
+    def flush() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("stream closed")
+        waiting.flush()
+
+    timer = _timer.FlushTimer(flush, waiting.count, delay_s=0.01, idle_after_s=1)
+    waiting.n = 1
+    timer.start()
+    deadline = time.monotonic() + 5
+    while waiting.n and time.monotonic() < deadline:
+        time.sleep(0.005)
+    timer.stop()
+    assert reported == ["write_failed"] and len(calls) >= 2 and waiting.n == 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from devkit import _errors
 from devkit._threads import start_daemon
 
 __all__ = ["FlushTimer"]
@@ -68,7 +69,10 @@ class FlushTimer:
     def _run(self) -> None:
         idle = 0
         while not self._stop.wait(self._delay_s):
-            self._flush()
+            try:
+                self._flush()
+            except Exception as exc:  # the thread must go on: records still wait
+                _errors.report("logs", "write_failed", exc)
             if self._waiting():
                 idle = 0
                 continue
