@@ -69,7 +69,8 @@ CORRELATION_HEADER = "X-Correlation-ID"
 #: closes them all on the spot.
 MAX_PENDING = 256
 #: WSGI access records that wait (see ``Core.finish_copied``) before the request that
-#: ends next writes them all, and the longest one waits when no request follows.
+#: ends next writes them all, and how long the oldest waits, at least, for a next request
+#: before the timer's thread writes them (it looks once per this interval).
 RECORD_BATCH = 32
 RECORD_DELAY_S = 0.05
 #: Without a record waiting for this long, the thread that writes them ends.
@@ -678,7 +679,7 @@ class Core:
 
         The span and the RED metrics are done now; the access record of a request that
         ended without an error waits to be written with those of the next requests, up
-        to ``RECORD_BATCH`` in a row, or ``RECORD_DELAY_S`` when no request follows
+        to ``RECORD_BATCH`` in a row, or one to two ``RECORD_DELAY_S`` when no request follows
         (docs/logs.md#when-records-are-written). Rendering them in a row keeps their
         code and data in the CPU's caches, as the ASGI adapter's batched books do.
         """
@@ -836,8 +837,7 @@ class Core:
             else:
                 # A kept span waits in the export queue (for as long as a collector is
                 # away): it keeps only what its attributes are read from, not the scope
-                # with the app's objects in it, nor objects the garbage collector would
-                # scan and promote while they wait.
+                # with the app's objects in it, nor the response's headers list.
                 req.source = _detail_source(req.source)
                 req.response_headers = _detail_headers(req.response_headers)
                 if self.exemplars:

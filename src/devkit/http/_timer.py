@@ -3,8 +3,9 @@
 A WSGI request's access record waits to be written with those of the next requests
 (:meth:`devkit.http._core.Core.finish_copied`); the request that fills the batch writes
 them all. When requests stop, the ones that wait must not wait for the next request:
-:class:`FlushTimer`'s thread writes them at most ``delay_s`` after the oldest of them
-ended (plus the moment a busy process takes to let another thread in).
+:class:`FlushTimer`'s thread looks every ``delay_s`` and writes them once the oldest has
+waited that long: between one and two ``delay_s`` after it ended (plus the moment a
+busy process takes to let another thread in).
 
 The thread sleeps between rounds rather than waiting to be notified: a thread woken while
 the request thread runs waits for the GIL and is woken again by each of the request
