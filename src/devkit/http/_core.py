@@ -411,6 +411,10 @@ def _response_length(headers: Any) -> int | None:
         return None
 
 
+def _drop(req: Request) -> None:
+    """What a waiting record becomes when the access log was switched off meanwhile."""
+
+
 class Core:
     """Everything a request touches, resolved once at ``init()``."""
 
@@ -740,36 +744,31 @@ class Core:
         access records :meth:`finish_copied` left waiting. Never raises."""
         if self._records:
             self.flush_records()
-        pending = self._pending
-        if not pending:
-            return
-        with self._pending_lock:
-            # The wall clock of each request's end, from the monotonic one: one clock read.
-            offset = _time() - _perf_counter()
-            while pending:  # only flushers take items out, one at a time under the lock
-                req = pending.popleft()
-                req.created = req.end + offset
-                try:
-                    self._books(req)
-                except Exception as error:
-                    _errors.report("middleware", "finish_failed", error)
+        if self._pending:
+            self._drain(self._pending, self._books_reported)
 
     def flush_records(self) -> None:
         """Write the access records that wait, in their order. Never raises."""
+        write = self.logs.access if self.logs is not None else _drop
         # In an empty context: the records are written outside any request's context.
-        _VarContext().run(self._write_records)
+        _VarContext().run(self._drain, self._records, write)
 
-    def _write_records(self) -> None:
-        records = self._records
-        logs = self.logs
+    def _drain(self, queue: deque[Request], handle: Callable[[Request], None]) -> None:
+        """Hand each request of ``queue`` to ``handle``, in order, with the wall clock of
+        its end."""
         with self._pending_lock:
             # The wall clock of each request's end, from the monotonic one: one clock read.
             offset = _time() - _perf_counter()
-            while records:  # only writers take items out, one at a time under the lock
-                req = records.popleft()
+            while queue:  # only drains take items out, one at a time under the lock
+                req = queue.popleft()
                 req.created = req.end + offset
-                if logs is not None:
-                    logs.access(req)
+                handle(req)
+
+    def _books_reported(self, req: Request) -> None:
+        try:
+            self._books(req)
+        except Exception as error:
+            _errors.report("middleware", "finish_failed", error)
 
     def _flush_old_records(self) -> None:
         """The timer's round: write the records when the oldest waited its time (while
