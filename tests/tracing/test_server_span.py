@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -171,3 +172,64 @@ def test_application_attributes_win_over_devkits_own_when_redacted_too() -> None
     end_request(f, span, "/x", 200)
     got = span.redacted_attributes(Redactor().redact_attributes)
     assert got == span.attributes and got["http.route"] == "/custom"
+
+
+def _environ(i: int, kind: int) -> dict[str, Any]:
+    """Requests of four kinds; the peer's port and the body's length differ each time."""
+    return {
+        "REQUEST_METHOD": ("GET", "POST", "PURGE", "GET")[kind],
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "SERVER_NAME": "0.0.0.0",
+        "SERVER_PORT": "8000",
+        "REMOTE_ADDR": ("10.0.0.1", "10.0.0.2")[kind % 2],
+        "REMOTE_PORT": str(40000 + i),
+        "HTTP_HOST": "shop.example",
+        "HTTP_USER_AGENT": ("curl/8.5.0", "agent jane@example.com")[kind % 2],
+        "HTTP_X_FORWARDED_FOR": "203.0.113.9" if kind == 3 else None,
+        "CONTENT_LENGTH": str(i) if i % 3 else "",
+    }
+
+
+def _scope(i: int, kind: int) -> dict[str, Any]:
+    headers = [(b"host", b"shop.example:8443"), (b"user-agent", b"curl/8.5.0")]
+    if kind == 1:
+        headers.append((b"forwarded", b"for=198.51.100.7;host=api.example"))
+    if i % 3:
+        headers.append((b"content-length", str(i).encode()))
+    return {
+        "headers": headers,
+        "client": ("10.1.2.3", 50000 + i),
+        "server": ("127.0.0.1", 8000),
+        "http_version": "1.1",
+    }
+
+
+@pytest.mark.parametrize("source", [_environ, _scope])
+def test_remembered_attributes_are_each_requests_own(source: Any) -> None:
+    """Kept spans of the same kind share what repeats, redacted once; the correlation id,
+    the peer's port and the sizes stay each request's, and the whole equals redacting
+    every attribute afresh (the reference)."""
+    redactor = Redactor()
+    spans, _ = factory(1.0)
+    seen: set[tuple[Any, Any]] = set()
+    for i in range(60):
+        kind = i % 4
+        # Some correlation ids hold a card number: redacted on every request.
+        cid = "4111111111111111" if i % 7 == 0 else f"cid-{i}"
+        span = start_request(
+            spans,
+            ("GET", "POST", "PURGE", "GET")[kind],
+            ("/a", "/u/jane@example.com")[kind % 2],
+            cid,
+        )
+        req = record(span)
+        req.source = {k: v for k, v in source(i, kind).items() if v is not None}
+        req.query = "token=s3cret&page=2" if kind == 2 else ""
+        req.response_headers = [("Content-Length", str(i))] if i % 2 else None
+        end_request(spans, span, ("/a", "/u/{email}")[kind % 2], (200, 500)[kind == 3])
+        got = span.redacted_attributes(redactor.redact_attributes)
+        assert list(got.items()) == list(redactor.redact_attributes(span.attributes).items())
+        assert got["correlation.id"] == ("[REDACTED:card]" if i % 7 == 0 else cid)
+        seen.add((got.get("network.peer.port"), got.get("http.request.body.size")))
+    assert len(seen) == 60  # each request's own numbers, not the first of its kind's
+    assert len(spans._attributes) == 4  # one entry per kind

@@ -185,13 +185,64 @@ class Request:
     def http_details(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The HTTP semantic conventions' recommended server span attributes, read from
         the raw request when a kept trace is exported: ``(devkit's own values, values
-        the client sent)``. The span redacts the second."""
+        the client sent)``, without the numbers of :meth:`http_details_key`. The span
+        redacts the second."""
         source = self.source
         if source is None:
             return {}, {}
         if "REQUEST_METHOD" in source:
-            return _environ_details(source, self.scheme, self.query, self.response_headers)
-        return _scope_details(source, self.scheme, self.query, self.response_headers)
+            return _environ_details(source, self.scheme, self.query)
+        return _scope_details(source, self.scheme, self.query)
+
+    def http_details_key(self) -> tuple[tuple[Any, ...], dict[str, int]]:
+        """What :meth:`http_details` reads, as a key (equal keys, equal details), and
+        the numbers that differ from request to request as attributes: the peer's port
+        and the bodies' sizes. The span remembers its attributes by the key."""
+        source = self.source
+        numbers: dict[str, int] = {}
+        if source is None:
+            return (), numbers
+        if "REQUEST_METHOD" in source:
+            get = source.get
+            peer = get("REMOTE_ADDR")
+            key: tuple[Any, ...] = (
+                self.query,
+                get("SERVER_PROTOCOL"),
+                peer,
+                get("SERVER_NAME"),
+                get("SERVER_PORT"),
+                get("HTTP_FORWARDED"),
+                get("HTTP_X_FORWARDED_HOST"),
+                get("HTTP_HOST"),
+                get("HTTP_X_FORWARDED_FOR"),
+                get("HTTP_USER_AGENT"),
+            )
+            port = get("REMOTE_PORT")
+            length = get("CONTENT_LENGTH")
+        else:
+            found = _scope_headers(source)
+            client = source.get("client")
+            server = source.get("server")
+            peer, port = (client[0], client[1]) if client else (None, None)
+            length = found.pop(b"content-length", None)
+            key = (
+                self.query,
+                source.get("http_version"),
+                peer,
+                tuple(server) if server else None,
+                *found.items(),
+            )
+        if peer:
+            port = _port(port)
+            if port is not None:
+                numbers["network.peer.port"] = port
+        size = _number(length)
+        if size is not None:
+            numbers["http.request.body.size"] = size
+        size = _response_length(self.response_headers)
+        if size is not None:
+            numbers["http.response.body.size"] = size
+        return key, numbers
 
 
 #: The longest value a header gives a span attribute (user agent, addresses); cut beyond.
@@ -202,13 +253,19 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _TRACE_METRIC = b"trace;desc=00-%032x-%016x-%02x"
 
 
-def _scope_details(
-    scope: Mapping[str, Any], scheme: str, query: str, response_headers: Any
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def _scope_headers(scope: Mapping[str, Any]) -> dict[bytes, str]:
+    """The first value of each header the span's attributes are read from."""
     found: dict[bytes, str] = {}
     for name, value in scope.get("headers", ()):
         if name in _DETAIL_HEADERS and name not in found:
             found[name] = value.decode("latin-1")
+    return found
+
+
+def _scope_details(
+    scope: Mapping[str, Any], scheme: str, query: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    found = _scope_headers(scope)
     peer = scope.get("client")
     server = scope.get("server")
     return _details(
@@ -219,11 +276,9 @@ def _scope_details(
         found.get(b"host"),
         found.get(b"x-forwarded-for"),
         found.get(b"user-agent"),
-        found.get(b"content-length"),
         scope.get("http_version"),
-        (str(peer[0]), peer[1]) if peer else None,
+        str(peer[0]) if peer else None,
         (str(server[0]), server[1]) if server and server[1] is not None else None,
-        response_headers,
     )
 
 
@@ -268,11 +323,11 @@ _DETAIL_HEADERS = frozenset(
 
 
 def _environ_details(
-    environ: Mapping[str, Any], scheme: str, query: str, response_headers: Any
+    environ: Mapping[str, Any], scheme: str, query: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     get = environ.get
     protocol = get("SERVER_PROTOCOL")
-    peer_address, peer_port = get("REMOTE_ADDR"), get("REMOTE_PORT")
+    peer_address = get("REMOTE_ADDR")
     server_name, server_port = get("SERVER_NAME"), get("SERVER_PORT")
     return _details(
         scheme,
@@ -282,11 +337,9 @@ def _environ_details(
         get("HTTP_HOST"),
         get("HTTP_X_FORWARDED_FOR"),
         get("HTTP_USER_AGENT"),
-        get("CONTENT_LENGTH"),
         protocol.partition("/")[2] if isinstance(protocol, str) else None,
-        (str(peer_address), peer_port) if peer_address else None,
+        str(peer_address) if peer_address else None,
         (str(server_name), server_port) if server_name and server_port else None,
-        response_headers,
     )
 
 
@@ -298,11 +351,9 @@ def _details(
     host: str | None,
     forwarded_for: str | None,
     user_agent: str | None,
-    request_length: str | None,
     version: str | None,
-    peer: tuple[str, Any] | None,
+    peer: str | None,
     server: tuple[str, Any] | None,
-    response_headers: Any,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The semantic conventions' order: ``Forwarded``, ``X-Forwarded-*``, then the
     request's own ``Host`` and the socket."""
@@ -324,8 +375,7 @@ def _details(
     if client:
         sent["client.address"] = client[:MAX_HEADER_ATTRIBUTE]
     if peer is not None:
-        sent["network.peer.address"] = peer[0][:MAX_HEADER_ATTRIBUTE]
-        own["network.peer.port"] = _port(peer[1])
+        sent["network.peer.address"] = peer[:MAX_HEADER_ATTRIBUTE]
         sent.setdefault("client.address", sent["network.peer.address"])
     if user_agent:
         sent["user_agent.original"] = user_agent[:MAX_HEADER_ATTRIBUTE]
@@ -333,12 +383,6 @@ def _details(
         own["network.protocol.version"] = str(version)[:16]
     if query:
         sent["url.query"] = redact_query(query[:MAX_LOGGED_PATH])
-    size = _number(request_length)
-    if size is not None:
-        own["http.request.body.size"] = size
-    size = _response_length(response_headers)
-    if size is not None:
-        own["http.response.body.size"] = size
     return {k: v for k, v in own.items() if v is not None}, sent
 
 

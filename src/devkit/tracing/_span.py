@@ -50,6 +50,9 @@ _EMPTY_STATE = TraceState()
 _FLAGS = tuple(TraceFlags(flags) for flags in range(4))
 _SCALARS = (str, bool, int, float)
 _MAX_EVENTS = 128
+#: Kinds of request whose span attributes are remembered (see
+#: ``ServerSpanFactory.request_attributes``); beyond, the memory starts afresh.
+_MAX_CACHED_ATTRIBUTES = 1024
 _getrandbits = random.getrandbits
 _time_ns = time.time_ns
 _new_span = object.__new__
@@ -78,6 +81,11 @@ class RequestFields(Protocol):
         """More attributes, read at export: (devkit's own values, values the client sent)."""
         ...
 
+    def http_details_key(self) -> tuple[tuple[Any, ...], dict[str, int]]:
+        """A key of what ``http_details`` reads (equal keys, equal details), and the
+        attributes that differ from request to request (numbers: ports, sizes)."""
+        ...
+
 
 def _ended_unknown(on_end: Callable[[Any], None]) -> Callable[..., bool]:
     def on_root_end(span: Any, error: bool, *_: object) -> bool:
@@ -93,6 +101,52 @@ def _valid_value(value: object) -> bool:
     if isinstance(value, list | tuple):
         return all(isinstance(v, _SCALARS) for v in value)
     return False
+
+
+def _request_attributes(
+    request: RequestFields,
+    finished: bool,
+    redact: Callable[[Mapping[str, Any]], dict[str, Any]] | None,
+    extra: dict[str, Any] | None,
+) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
+    """A request span's attributes but the correlation id and the numbers of
+    ``http_details_key``; the correlation id; the application's attributes. With
+    ``redact``, it is applied to what can carry PII: the path, the correlation id, an
+    unknown method as sent, the values the client sent, and the application's values.
+
+    The rest is devkit's own (a method label, the scheme, the route template, the
+    status code, an exception's class name) and is written as it is, as in the access
+    log; redacting it cost more than encoding the span.
+    """
+    method = request.method_label
+    original = request.method[:64] if method == "_OTHER" else None
+    path, cid = request.path, request.cid
+    own, sent = request.http_details()
+    if redact is not None:
+        untrusted: dict[str, Any] = {"url.path": path, "correlation.id": cid, **sent}
+        if original is not None:
+            untrusted["http.request.method_original"] = original
+        if extra:
+            untrusted.update(extra)  # the application's values win, as below
+        extra = redact(untrusted)
+        path, cid = extra.pop("url.path"), extra.pop("correlation.id")
+        sent = {key: extra.pop(key) for key in sent}
+        if original is not None:
+            original = extra.pop("http.request.method_original")
+    out: dict[str, Any] = {"http.request.method": method}
+    if original is not None:
+        out["http.request.method_original"] = original
+    out["url.scheme"] = request.scheme
+    out["url.path"] = path
+    out.update(sent)
+    out.update(own)
+    if finished:
+        out["http.response.status_code"] = request.status
+        if request.route != UNMATCHED_ROUTE:
+            out["http.route"] = request.route
+        if request.error_type is not None:
+            out["error.type"] = request.error_type
+    return out, cid, extra
 
 
 class ServerSpan(Span):
@@ -148,13 +202,9 @@ class ServerSpan(Span):
     def redacted_attributes(
         self, redact: Callable[[Mapping[str, Any]], dict[str, Any]]
     ) -> dict[str, Any]:
-        """:attr:`attributes` with ``redact`` applied to what can carry PII: the path, the
-        correlation id, an unknown method as sent, and whatever the application set.
-
-        The rest is devkit's own (a method label, the scheme, the route template, the
-        status code, an exception's class name) and is written as it is, as in the
-        access log; redacting it cost more than encoding the span.
-        """
+        """:attr:`attributes` with ``redact`` applied to what can carry PII (see
+        :func:`_request_attributes`). ``redact`` must treat each attribute on its own, as
+        devkit's redactor does: what repeats between requests is redacted once."""
         if self._request is None:
             return redact(self._attributes(None))
         return self._attributes(redact)
@@ -162,39 +212,19 @@ class ServerSpan(Span):
     def _attributes(
         self, redact: Callable[[Mapping[str, Any]], dict[str, Any]] | None
     ) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        extra = self._extra
         request = self._request
-        if request is not None:
-            method = request.method_label
-            original = request.method[:64] if method == "_OTHER" else None
-            scheme, path, cid = request.scheme, request.path, request.cid
-            own, sent = request.http_details()
-            if redact is not None:
-                untrusted: dict[str, Any] = {"url.path": path, "correlation.id": cid, **sent}
-                if original is not None:
-                    untrusted["http.request.method_original"] = original
-                if extra:
-                    untrusted.update(extra)  # the application's values win, as below
-                extra = redact(untrusted)
-                path, cid = extra.pop("url.path"), extra.pop("correlation.id")
-                sent = {key: extra.pop(key) for key in sent}
-                if original is not None:
-                    original = extra.pop("http.request.method_original")
-            out["http.request.method"] = method
-            if original is not None:
-                out["http.request.method_original"] = original
-            out["url.scheme"] = scheme
-            out["url.path"] = path
-            out["correlation.id"] = cid
-            out.update(sent)
-            out.update(own)
-        if request is not None and self._finished:
-            out["http.response.status_code"] = request.status
-            if request.route != UNMATCHED_ROUTE:
-                out["http.route"] = request.route
-            if request.error_type is not None:
-                out["error.type"] = request.error_type
+        extra = self._extra
+        if request is None:
+            return dict(extra) if extra else {}
+        key, numbers = request.http_details_key()
+        if redact is not None and not extra and self._finished:
+            # A kept trace's span, as exported: what repeats between requests of the same
+            # kind is redacted once and remembered (docs/benchmarks.md#kept-traces).
+            out, cid = self._factory.request_attributes(request, key, redact)
+        else:
+            out, cid, extra = _request_attributes(request, self._finished, redact, extra)
+        out["correlation.id"] = cid
+        out.update(numbers)
         if extra:
             out.update(extra)
         return out
@@ -342,6 +372,52 @@ class ServerSpanFactory:
         #: Called with (span, error, trace id, sampled) when a request's span ends;
         #: returns "kept".
         self.on_root_end = on_root_end or _ended_unknown(on_end)
+        #: Redacted request span attributes but the correlation id and the numbers, by
+        #: what they are read from, for the ``redact`` they were redacted with.
+        self._attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._attributes_redact: Any = None
+
+    def request_attributes(
+        self,
+        request: RequestFields,
+        details_key: tuple[Any, ...],
+        redact: Callable[[Mapping[str, Any]], dict[str, Any]],
+    ) -> tuple[dict[str, Any], str]:
+        """A finished request span's attributes (a new dict) but the correlation id and
+        the numbers, and the correlation id, redacted (``_request_attributes``).
+
+        Requests of the same kind (method, path, route, status, client and server
+        details) have the same attributes but for those: they are redacted and built
+        once, and remembered up to ``_MAX_CACHED_ATTRIBUTES`` kinds.
+        """
+        cache = self._attributes
+        if self._attributes_redact != redact:  # a bound method is new on each access
+            cache.clear()
+            self._attributes_redact = redact
+        method = request.method_label
+        key = (
+            method,
+            request.method if method == "_OTHER" else None,
+            request.scheme,
+            request.path,
+            request.route,
+            request.status,
+            request.error_type,
+            details_key,
+        )
+        try:
+            cached = cache.get(key)
+        except TypeError:  # a value that cannot be a key (an unusual server's environ)
+            out, cid, _ = _request_attributes(request, True, redact, None)
+            return out, cid
+        if cached is None:
+            cached, cid, _ = _request_attributes(request, True, redact, None)
+            if len(cache) >= _MAX_CACHED_ATTRIBUTES:
+                cache.clear()
+            cache[key] = cached
+        else:
+            cid = redact({"correlation.id": request.cid})["correlation.id"]
+        return dict(cached), cid
 
     @property
     def resource(self) -> Resource:
