@@ -272,3 +272,89 @@ def test_other_urls_go_to_the_exporters_own_transport(
     result = transport.request("POST", other, data=b"x", timeout=5)
     assert result.status_code == 200
     assert type(result).__module__.endswith("_requests")
+
+
+def _raw_request(send: Callable[[str, int], None]) -> tuple[bytes, int]:
+    """What ``send(host, port)`` writes to a listening socket, and in how many reads the
+    server got it (one write of a small request arrives in one read)."""
+    import socket
+    import threading
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        got: list[bytes] = []
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                while b"\r\n\r\n" not in data or not data.endswith(b"body!"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    got.append(chunk)
+                    data += chunk
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        send("127.0.0.1", port)
+        thread.join(5)
+    # The server's port differs from run to run: it is in the Host header.
+    return b"".join(got).replace(b":%d\r\n" % port, b":PORT\r\n"), len(got)
+
+
+class _CountedWrites:
+    """A socket whose writes are counted, and slow: two would arrive in two reads."""
+
+    def __init__(self, sock: Any, writes: list[int]) -> None:
+        self._sock = sock
+        self._writes = writes
+
+    def sendall(self, data: bytes) -> None:
+        import time
+
+        self._writes.append(len(data))
+        time.sleep(0.05)
+        self._sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_a_posts_head_and_body_go_in_one_write_as_http_client_writes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The connection sends what the stock ``http.client`` connection sends, byte for
+    byte, but in one write: each write lets go of the GIL."""
+    import http.client
+
+    headers = {"Content-Type": "application/x-protobuf", "User-Agent": "x"}
+    writes: list[int] = []
+
+    def stock(host: str, port: int) -> None:
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        conn.request("POST", "/v1/traces", body=b"body!", headers=headers)
+        conn.getresponse().read()
+        conn.close()
+
+    connect = transport_module._Connection.connect
+
+    def counted_connect(conn: http.client.HTTPConnection) -> None:
+        connect(conn)
+        conn.sock = _CountedWrites(conn.sock, writes)
+
+    monkeypatch.setattr(transport_module._Connection, "connect", counted_connect)
+
+    def ours(host: str, port: int) -> None:
+        url = f"http://{host}:{port}/v1/traces"
+        transport = KeepAliveTransport(url, Urllib3HTTPTransport())
+        answer = transport.request("POST", url, headers=headers, timeout=5, data=b"body!")
+        assert answer.status_code == 200
+        transport.close()
+
+    expected, _ = _raw_request(stock)
+    got, reads = _raw_request(ours)
+    assert got == expected and expected.endswith(b"\r\n\r\nbody!")
+    assert len(writes) == 1 and reads == 1
