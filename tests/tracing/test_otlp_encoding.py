@@ -230,3 +230,33 @@ def test_the_pair_cache_is_bounded_and_gives_the_same_bytes_after_a_reset() -> N
     assert encoder.request(spans) == first == encode_spans(spans)
     cached = sum(map(len, encoder._strs.values())) + sum(map(len, encoder._ints.values()))
     assert 0 < cached <= _MAX_CACHED_PAIRS
+
+
+def test_request_spans_of_one_kind_share_their_encoded_part() -> None:
+    """Kept request spans of the same kind carry ``SharedAttributes``: the encoder writes
+    the shared part from its cache, and what it writes is what the stock encoder writes
+    for each span, with each span's own correlation id, port and sizes."""
+    from devkit.redaction import Redactor
+    from devkit.tracing._export import SharedAttributes
+
+    factory = ServerSpanFactory(ratio=1.0, resource=lambda: RESOURCE, on_end=lambda s: None)
+    redact = Redactor().redact_attributes
+    spans = []
+    for i in range(12):
+        span = start_request(factory, "GET", ("/a", "/b")[i % 2], f"cid-{i}")
+        req = span._request
+        req.source = {"REQUEST_METHOD": "GET", "REMOTE_ADDR": "10.0.0.1", "REMOTE_PORT": i + 1}  # type: ignore[union-attr]
+        end_request(factory, span, ("/a", "/b")[i % 2], 200)
+        spans.append(ExportSpan(span, span.redacted_attributes(redact), []))
+    assert all(type(s.attributes) is SharedAttributes for s in spans)
+    assert spans[0].attributes.shared is spans[2].attributes.shared
+    encoder = _Encoder()
+    for _ in range(2):  # the second time from the cache
+        got = parsed(encoder.request(spans))
+        assert got == stock_encode([s.to_readable() for s in spans])
+        values = [
+            {a.key: a.value for a in span.attributes}
+            for span in got.resource_spans[0].scope_spans[0].spans
+        ]
+        assert [v["correlation.id"].string_value for v in values] == [f"cid-{i}" for i in range(12)]
+        assert [v["network.peer.port"].int_value for v in values] == list(range(1, 13))

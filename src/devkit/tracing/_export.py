@@ -19,7 +19,7 @@ from devkit import _errors
 from devkit._batch import BatchQueue, Count
 from devkit.config import ExportOptions
 
-__all__ = ["BatchExporter", "ExportSpan", "text_redactor"]
+__all__ = ["BatchExporter", "ExportSpan", "SharedAttributes", "text_redactor"]
 
 Redact = Callable[[Mapping[str, Any]], dict[str, Any]]
 RedactText = Callable[[str], str]
@@ -45,6 +45,26 @@ def text_redactor(redact: Redact) -> RedactText:
         return str(redact({"text": text})["text"])
 
     return redact_text
+
+
+class SharedAttributes(dict):  # type: ignore[type-arg]
+    """A span's attributes that begin with all the items of :attr:`shared`, a dict other
+    spans' attributes begin with too (request spans of the same kind), in its order.
+
+    devkit's OTLP encoder encodes the shared part once. Built by devkit for the export
+    and not changed afterwards.
+    """
+
+    __slots__ = ("shared",)
+
+    shared: dict[str, Any]
+
+    @classmethod
+    def extending(cls, shared: dict[str, Any]) -> SharedAttributes:
+        """A new mapping with the items of ``shared``, to which more may be added."""
+        out = cls(shared)
+        out.shared = shared
+        return out
 
 
 class ExportSpan:

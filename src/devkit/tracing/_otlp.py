@@ -16,7 +16,8 @@ value the encoder does not know, it hands the batch to the wrapped exporter unch
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import islice
 from typing import Any, TypeVar
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -24,7 +25,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
 from devkit import _compat
-from devkit.tracing._export import ExportSpan
+from devkit.tracing._export import ExportSpan, SharedAttributes
 
 __all__ = ["FastOTLPExporter", "encode_spans"]
 
@@ -44,6 +45,7 @@ _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
 _MAX_CACHED_PAIRS = 4096
 _MAX_CACHED_NAMES = 1024
+_MAX_CACHED_SHARED = 1024
 _pack_double = struct.Struct("<d").pack
 _pack_u64 = struct.Struct("<Q").pack
 _pack_u32 = struct.Struct("<I").pack
@@ -118,11 +120,30 @@ class _Encoder:
         self._names: dict[str, bytes] = {}
         self._resources: dict[Any, bytes] = {}
         self._scopes: dict[Any, bytes] = {}
+        #: The encoded shared part of :class:`SharedAttributes`, by the shared dict's
+        #: identity (the entry keeps the dict, so its id is not reused meanwhile).
+        self._shared: dict[int, tuple[dict[str, Any], bytes, bytes]] = {}
 
     def attributes(self, tag: bytes, attributes: Mapping[str, object] | None) -> bytes:
         """Each pair as a repeated ``KeyValue`` field ``tag``."""
         if not attributes:
             return b""
+        if type(attributes) is SharedAttributes:
+            return self._shared_attributes(tag, attributes)
+        return self._pairs(tag, attributes.items())
+
+    def _shared_attributes(self, tag: bytes, attributes: SharedAttributes) -> bytes:
+        """The shared part from the cache, then the span's own pairs."""
+        shared = attributes.shared
+        entry = self._shared.get(id(shared))
+        if entry is None or entry[0] is not shared or entry[1] != tag:
+            if len(self._shared) >= _MAX_CACHED_SHARED:
+                self._shared.clear()
+            entry = self._shared[id(shared)] = (shared, tag, self._pairs(tag, shared.items()))
+        return entry[2] + self._pairs(tag, islice(attributes.items(), len(shared), None))
+
+    def _pairs(self, tag: bytes, items: Iterable[tuple[str, object]]) -> bytes:
+        """Each of ``items`` as a ``KeyValue`` field ``tag``."""
         strs = self._strs.get(tag)
         ints = self._ints.get(tag)
         if strs is None or ints is None:
@@ -131,7 +152,7 @@ class _Encoder:
         out = []
         # Short strings and ints repeat (methods, routes, addresses, status codes): the
         # item tuple the dict iterator yields is the cache key, so a hit builds nothing.
-        for item in attributes.items():
+        for item in items:
             value = item[1]
             if type(value) is str:
                 encoded = strs.get(item)

@@ -38,7 +38,7 @@ from opentelemetry.util.types import Attributes, AttributeValue
 from devkit import _compat, _errors
 from devkit._version import __version__
 from devkit.config import UNMATCHED_ROUTE
-from devkit.tracing._export import ExportSpan
+from devkit.tracing._export import ExportSpan, SharedAttributes
 from devkit.tracing.sampling import UNSET_STATUS, ratio_bound
 
 __all__ = ["RequestFields", "ServerSpan", "ServerSpanFactory"]
@@ -417,7 +417,7 @@ class ServerSpanFactory:
             cache[key] = cached
         else:
             cid = redact({"correlation.id": request.cid})["correlation.id"]
-        return dict(cached), cid
+        return SharedAttributes.extending(cached), cid
 
     @property
     def resource(self) -> Resource:
