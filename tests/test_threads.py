@@ -90,3 +90,47 @@ def test_export_threads_block_them(devkit_logs: CapturedLogs, monkeypatch: Any) 
     assert threads, [t.name for t in threading.enumerate()]
     for thread in threads:
         assert _term_signals() <= _blocked(thread), thread.name
+
+
+def test_the_metrics_servers_threads_block_them_and_health_checks_do_not(
+    devkit_logs: CapturedLogs,
+) -> None:
+    """The metrics port's threads (one per request, a readiness probe every few ms)
+    block the process's signals; a health check (the application's code) runs with them
+    unblocked although a blocked thread started its thread."""
+    import socket
+    import urllib.request
+
+    from prometheus_client import REGISTRY
+    from prometheus_client.core import GaugeMetricFamily
+
+    seen: dict[str, set[int]] = {}
+
+    def ready_check() -> bool:
+        seen["check"] = _blocked(threading.current_thread())
+        return True
+
+    class Probe:
+        def collect(self) -> Any:
+            seen["scrape"] = _blocked(threading.current_thread())
+            yield GaugeMetricFamily("devkit_test_probe", "test", value=1)
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    probe = Probe()
+    REGISTRY.register(probe)  # type: ignore[arg-type]
+    try:
+        devkit.init(metrics_port=port)
+        devkit.health.add_check("signals", ready_check)
+        devkit.health.mark_started()
+        for path in ("/healthz/ready", "/metrics"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+                assert answer.status == 200
+        (server,) = [t for t in threading.enumerate() if t.name == "devkit-metrics-server"]
+        assert _term_signals() <= _blocked(server)
+        assert _term_signals() <= seen["scrape"]  # a request's thread, started by it
+        assert not _term_signals() & seen["check"]
+    finally:
+        REGISTRY.unregister(probe)  # type: ignore[arg-type]
+        devkit.health.reset()

@@ -42,7 +42,7 @@ from typing import Any, Final, Literal, Protocol, TypeVar
 import orjson
 
 from devkit import _errors
-from devkit._threads import start_daemon
+from devkit._threads import start_daemon, with_signals
 from devkit.config import PROBE_KINDS
 
 __all__ = [
@@ -235,8 +235,13 @@ class _DaemonPool:
             self._tasks.append((future, fn))
             if self._idle < len(self._tasks) and len(self._threads) < self._max:
                 self._spawned += 1
+                # Checks are the application's code: the process's signals unblocked,
+                # whichever thread submits (devkit._threads).
                 thread = threading.Thread(
-                    target=self._work, name=f"{self._name}-{self._spawned}", daemon=True
+                    target=with_signals,
+                    args=(self._work,),
+                    name=f"{self._name}-{self._spawned}",
+                    daemon=True,
                 )
                 self._threads.add(thread)
                 thread.start()

@@ -17,6 +17,8 @@ import http.server
 import threading
 from typing import TYPE_CHECKING, Any
 
+from devkit._threads import without_signals
+
 if TYPE_CHECKING:
     from devkit.http._endpoints import Endpoints
 
@@ -31,8 +33,13 @@ class MetricsServer:
         self._server = http.server.ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
+        # Its threads (one per request, started by this one) leave the process's
+        # signals to the main thread (devkit._threads).
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="devkit-metrics-server", daemon=True
+            target=without_signals,
+            args=(self._server.serve_forever,),
+            name="devkit-metrics-server",
+            daemon=True,
         )
 
     def start(self) -> MetricsServer:
