@@ -233,3 +233,18 @@ def test_remembered_attributes_are_each_requests_own(source: Any) -> None:
         seen.add((got.get("network.peer.port"), got.get("http.request.body.size")))
     assert len(seen) == 60  # each request's own numbers, not the first of its kind's
     assert len(spans._attributes) == 4  # one entry per kind
+
+
+def test_a_source_value_that_cannot_be_a_key_is_read_afresh() -> None:
+    """An unusual server's environ value (a list) cannot key the remembered attributes:
+    the span's attributes are built without the memory, and nothing is remembered."""
+    redactor = Redactor()
+    redact = redactor.redact_attributes
+    spans, _ = factory(1.0)
+    span = start_request(spans, "GET", "/a", "cid-1")
+    record(span).source = {"REQUEST_METHOD": "GET", "SERVER_NAME": "a", "SERVER_PORT": ["80"]}
+    end_request(spans, span, "/a", 200)
+    got = span.redacted_attributes(redact)
+    assert list(got.items()) == list(redact(span.attributes).items())
+    assert got["server.address"] == "a" and "server.port" not in got
+    assert not spans._attributes
