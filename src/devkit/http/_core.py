@@ -187,35 +187,35 @@ class Request:
         the raw request when a kept trace is exported: ``(devkit's own values, values
         the client sent)``, without the numbers of :meth:`http_details_key`. The span
         redacts the second."""
-        source = self.source
-        if source is None:
+        key, _ = self.http_details_key()
+        if not key:
             return {}, {}
-        if "REQUEST_METHOD" in source:
-            return _environ_details(source, self.scheme, self.query)
-        return _scope_details(source, self.scheme, self.query)
+        return _details(self.scheme, *key)
 
     def http_details_key(self) -> tuple[tuple[Any, ...], dict[str, int]]:
-        """What :meth:`http_details` reads, as a key (equal keys, equal details), and
-        the numbers that differ from request to request as attributes: the peer's port
-        and the bodies' sizes. The span remembers its attributes by the key."""
+        """What :meth:`http_details` is made of, as a key (it is a function of the key
+        and the scheme: equal keys, equal details), and the numbers that differ from
+        request to request as attributes: the peer's port and the bodies' sizes. The
+        span remembers its attributes by the key."""
         source = self.source
         numbers: dict[str, int] = {}
         if source is None:
             return (), numbers
         if "REQUEST_METHOD" in source:
             get = source.get
+            protocol = get("SERVER_PROTOCOL")
             peer = get("REMOTE_ADDR")
+            server_name, server_port = get("SERVER_NAME"), get("SERVER_PORT")
             key: tuple[Any, ...] = (
                 self.query,
-                get("SERVER_PROTOCOL"),
-                peer,
-                get("SERVER_NAME"),
-                get("SERVER_PORT"),
                 get("HTTP_FORWARDED"),
                 get("HTTP_X_FORWARDED_HOST"),
                 get("HTTP_HOST"),
                 get("HTTP_X_FORWARDED_FOR"),
                 get("HTTP_USER_AGENT"),
+                protocol.partition("/")[2] if isinstance(protocol, str) else None,
+                str(peer) if peer else None,
+                (str(server_name), server_port) if server_name and server_port else None,
             )
             port = get("REMOTE_PORT")
             length = get("CONTENT_LENGTH")
@@ -224,13 +224,17 @@ class Request:
             client = source.get("client")
             server = source.get("server")
             peer, port = (client[0], client[1]) if client else (None, None)
-            length = found.pop(b"content-length", None)
+            length = found.get(b"content-length")
             key = (
                 self.query,
+                found.get(b"forwarded"),
+                found.get(b"x-forwarded-host"),
+                found.get(b"host"),
+                found.get(b"x-forwarded-for"),
+                found.get(b"user-agent"),
                 source.get("http_version"),
-                peer,
-                tuple(server) if server else None,
-                *found.items(),
+                str(peer) if peer else None,
+                (str(server[0]), server[1]) if server and server[1] is not None else None,
             )
         if peer:
             port = _port(port)
@@ -262,28 +266,8 @@ def _scope_headers(scope: Mapping[str, Any]) -> dict[bytes, str]:
     return found
 
 
-def _scope_details(
-    scope: Mapping[str, Any], scheme: str, query: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    found = _scope_headers(scope)
-    peer = scope.get("client")
-    server = scope.get("server")
-    return _details(
-        scheme,
-        query,
-        found.get(b"forwarded"),
-        found.get(b"x-forwarded-host"),
-        found.get(b"host"),
-        found.get(b"x-forwarded-for"),
-        found.get(b"user-agent"),
-        scope.get("http_version"),
-        str(peer[0]) if peer else None,
-        (str(server[0]), server[1]) if server and server[1] is not None else None,
-    )
-
-
-#: What :func:`_scope_details` and :func:`_environ_details` read (``REQUEST_METHOD`` tells
-#: an environ from a scope).
+#: What :meth:`Request.http_details_key` reads (``REQUEST_METHOD`` tells an environ from a
+#: scope).
 _SCOPE_DETAIL_KEYS = ("headers", "client", "server", "http_version")
 _ENVIRON_DETAIL_KEYS = (
     "REQUEST_METHOD",
@@ -320,27 +304,6 @@ _DETAIL_HEADERS = frozenset(
     {b"forwarded", b"x-forwarded-host", b"host", b"x-forwarded-for", b"user-agent"}
     | {b"content-length"}
 )
-
-
-def _environ_details(
-    environ: Mapping[str, Any], scheme: str, query: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    get = environ.get
-    protocol = get("SERVER_PROTOCOL")
-    peer_address = get("REMOTE_ADDR")
-    server_name, server_port = get("SERVER_NAME"), get("SERVER_PORT")
-    return _details(
-        scheme,
-        query,
-        get("HTTP_FORWARDED"),
-        get("HTTP_X_FORWARDED_HOST"),
-        get("HTTP_HOST"),
-        get("HTTP_X_FORWARDED_FOR"),
-        get("HTTP_USER_AGENT"),
-        protocol.partition("/")[2] if isinstance(protocol, str) else None,
-        str(peer_address) if peer_address else None,
-        (str(server_name), server_port) if server_name and server_port else None,
-    )
 
 
 def _details(
