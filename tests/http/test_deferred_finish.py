@@ -10,16 +10,20 @@ ids, within a bound, and before anything reads the results.
 from __future__ import annotations
 
 import asyncio
+import io
+import sys
 import threading
 from datetime import datetime
 from typing import Any
 
 import orjson
+import pytest
 from opentelemetry import trace
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from streams import piped_writes
 
 import devkit
 from devkit import _context, _setup, _state
@@ -34,8 +38,12 @@ async def ok(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
+async def failed(request: Request) -> Response:
+    return PlainTextResponse("failed", status_code=500)
+
+
 def _app() -> Any:
-    return devkit.asgi(Starlette(routes=[Route("/ok/{n}", ok)]))
+    return devkit.asgi(Starlette(routes=[Route("/ok/{n}", ok), Route("/ok/{n}/failed", failed)]))
 
 
 def _core() -> Core:
@@ -168,6 +176,30 @@ def test_deferred_records_carry_their_own_request_ids(devkit_logs: CapturedLogs)
     for line, cid, other in zip(lines, cids, reversed(cids), strict=True):
         assert cid in line and other not in line
         assert b"trace_id" in line and b"span_id" in line
+
+
+def test_an_iterations_records_go_out_together_and_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with piped_writes() as stdout:
+        monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(stdout))
+        devkit.init()
+        app = _app()
+        paths = [f"/ok/{n}" for n in range(12)]
+        paths[6] += "/failed"  # an error's record is written at once, after those before it
+
+        async def run() -> None:
+            for path in paths:
+                await _request(app, path)
+            before = len(stdout.sizes)
+            await asyncio.sleep(0)
+            # Those before the error, the error's, those after it: each under PIPE_BUF.
+            assert len(stdout.sizes) - before == 3
+
+        asyncio.run(run())
+        records = [orjson.loads(line) for line in stdout.lines_with(_ACCESS)]
+    assert [r["path"] for r in records] == paths
+    assert [r["level"] for r in records] == ["info"] * 6 + ["error"] + ["info"] * 5
 
 
 def test_pending_requests_are_bounded_and_none_is_lost(devkit_logs: CapturedLogs) -> None:

@@ -10,17 +10,21 @@ a read or a shutdown; and the thread that writes idle records does not outlive t
 
 from __future__ import annotations
 
+import io
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import orjson
 import pytest
 from prometheus_client import REGISTRY
+from streams import RecordedWrites, piped_writes
 
 import devkit
-from devkit import _state
+from devkit import _errors, _state, logs
 from devkit.http import _timer
 from devkit.http._core import RECORD_BATCH, RECORD_DELAY_S, Core
 from devkit.testing import CapturedLogs
@@ -195,6 +199,48 @@ def test_threads_write_each_record_once(devkit_logs: CapturedLogs) -> None:
     assert sorted(paths) == sorted(f"/t{n}-{i}/200" for n in range(4) for i in range(per_thread))
     _core().flush_pending()
     assert len(_access(devkit_logs)) == 4 * per_thread
+
+
+@pytest.fixture
+def piped_stdout() -> Iterator[RecordedWrites]:
+    with piped_writes() as stream:
+        yield stream
+
+
+def test_a_batch_goes_to_a_pipe_in_few_whole_writes(
+    piped_stdout: RecordedWrites, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Set here: pytest puts its own capture back between a fixture's setup and the test.
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(piped_stdout))
+    devkit.init()
+    app = devkit.wsgi(_app)
+    before = len(piped_stdout.sizes)
+    paths = [f"/r{i}/200" for i in range(RECORD_BATCH)]
+    for path in paths:
+        _call(app, path)
+    sizes = piped_stdout.sizes[before:]
+    lines = piped_stdout.lines_with(_ACCESS)
+    assert [orjson.loads(line)["path"] for line in lines] == paths
+    # Each write whole lines, at most what a pipe writes without splitting, and together.
+    assert max(sizes) <= logs.MAX_WRITE_BYTES
+    assert len(sizes) <= RECORD_BATCH // 4
+    assert bytes(piped_stdout.data).endswith(b"\n")
+
+
+def test_a_record_the_fast_path_refuses_keeps_its_place(devkit_logs: CapturedLogs) -> None:
+    _errors.set_strict(False)  # the lone surrogate is counted, and its record degraded
+    devkit.init()
+    app = devkit.wsgi(_app)
+    # A lone surrogate (a server's undecodable byte) takes the generic path: the
+    # records before it are written first.
+    paths = [f"/r{i}/200" for i in range(RECORD_BATCH)]
+    paths[5] = "/r5\udc80/200"
+    for path in paths:
+        _call(app, path)
+    written = [r["path"] for r in _access(devkit_logs)]
+    assert len(written) == RECORD_BATCH
+    assert written[:5] == paths[:5] and written[6:] == paths[6:]
+    assert written[5].startswith("/r5") and written[5].endswith("/200")
 
 
 # -- the timer ---------------------------------------------------------------------------

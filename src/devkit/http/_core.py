@@ -418,10 +418,6 @@ def _response_length(headers: Any) -> int | None:
         return None
 
 
-def _drop(req: Request) -> None:
-    """What a waiting record becomes when the access log was switched off meanwhile."""
-
-
 class Core:
     """Everything a request touches, resolved once at ``init()``."""
 
@@ -753,12 +749,20 @@ class Core:
             self.flush_records()
         if self._pending:
             self._drain(self._pending, self._books_reported)
+            if self._records:  # the batch's records, written together
+                self.flush_records()
 
     def flush_records(self) -> None:
-        """Write the access records that wait, in their order. Never raises."""
-        write = self.logs.access if self.logs is not None else _drop
+        """Write the access records that wait, in their order, together. Never raises."""
         # In an empty context: the records are written outside any request's context.
-        _VarContext().run(self._drain, self._records, write)
+        _VarContext().run(self._write_records)
+
+    def _write_records(self) -> None:
+        with self._pending_lock:
+            records: list[Request] = []
+            self._drain(self._records, records.append)
+            if self.logs is not None:  # else the access log was switched off meanwhile
+                self.logs.access_many(records)
 
     def _drain(self, queue: deque[Request], handle: Callable[[Request], None]) -> None:
         """Hand each request of ``queue`` to ``handle``, in order, with the wall clock of
@@ -773,7 +777,7 @@ class Core:
 
     def _books_reported(self, req: Request) -> None:
         try:
-            self._books(req)
+            self._books(req, in_batch=True)
         except Exception as error:
             _errors.report("middleware", "finish_failed", error)
 
@@ -805,10 +809,11 @@ class Core:
         except ValueError:
             pass
 
-    def _books(self, req: Request, record_waits: bool = False) -> None:
+    def _books(self, req: Request, record_waits: bool = False, *, in_batch: bool = False) -> None:
         """Derive the record's outcome, then hand it to the span, the metrics, the log
         (``record_waits``: the access record of a request without an error waits, see
-        :meth:`finish_copied`)."""
+        :meth:`finish_copied`; ``in_batch``: it waits for the end of the batch of books
+        :meth:`flush_pending` does, whose records are written together)."""
         duration = req.duration = req.end - req.start
         exc = req.exc
         status = req.status
@@ -853,11 +858,11 @@ class Core:
             self.metrics.observe(req)
         if self.logs is not None:
             records = self._records
-            if record_waits and not error and exc is None:
+            if (record_waits or in_batch) and not error and exc is None:
                 records.append(req)
                 if len(records) >= RECORD_BATCH:
                     self.flush_records()
-                elif not self._record_timer.running:
+                elif record_waits and not self._record_timer.running:
                     self._record_timer.start()
             else:
                 if records:  # the records that wait go first: the log stays in order
