@@ -1,7 +1,7 @@
 """Server level, paired: one live server per variant, short wrk bursts alternated between them.
 
 ``python -m benchmarks.paired [--variant devkit] [--without PART] [--against REV]
-[--bursts 20] [--burst-s 2] [--env K=V] [--uvicorn h11|standard]``
+[--bursts 20] [--burst-s 2] [--env K=V] [--uvicorn h11|standard] [--server gunicorn]``
 
 The server suite starts a fresh server for each 8 s round; on a shared machine whose
 speed drifts within seconds, five such rounds resolve devkit's ``x bare`` to about
@@ -29,6 +29,10 @@ stay this checkout's): a change's before and after, paired in one run.
 ``--uvicorn standard`` serves every variant with httptools and uvloop (what
 ``uvicorn[standard]`` installs) instead of the pinned h11 + asyncio: the bare app is then
 several times faster per request, and the same devkit cost a larger share of it.
+
+``--server gunicorn`` serves the WSGI variants (the Flask app) with gunicorn, one sync
+worker, as the ``server-gunicorn`` suite does; the request thread is the worker's main
+thread, and the CPU is the master's and the worker's.
 """
 
 from __future__ import annotations
@@ -144,13 +148,22 @@ def run(
     without: Sequence[str] = (),
     stack: str = "h11",
     against: str | None = None,
+    server_name: str = "uvicorn",
 ) -> dict[str, Any]:
     """Start ``bare``, each variant, a devkit server per part in ``without`` (that part
-    switched off) and one of devkit at revision ``against``, all on uvicorn's ``stack``,
-    alternate the bursts, summarise the pairs."""
-    reason = server.unavailable_reason() or server.stack_unavailable(stack)
+    switched off) and one of devkit at revision ``against``, all on ``server_name``
+    (uvicorn on its ``stack``, or gunicorn), alternate the bursts, summarise the pairs."""
+    reason = server.unavailable_reason(server_name)
+    if reason is None and server_name == "uvicorn":
+        reason = server.stack_unavailable(stack)
     if reason is not None:
         raise RuntimeError(reason)
+
+    def start(variant: str, env: dict[str, str]) -> server.LiveServer:
+        return server.LiveServer(
+            variant, receiver.endpoint, env, runner.ROOT, stack=stack, server=server_name
+        )
+
     started = time.monotonic()
     receiver = runner.start_receiver()
     env = {**runner.server_env(), **extra_env}
@@ -158,23 +171,15 @@ def run(
     source = contextlib.ExitStack()
     try:
         for variant in ("bare", *variants):
-            started_server = server.LiveServer(
-                variant, receiver.endpoint, env, runner.ROOT, stack=stack
-            )
-            lives.append(_Live(variant, started_server))
+            lives.append(_Live(variant, start(variant, env)))
         for part in without:
-            off_env = {**env, server_app.OFF_ENV: part}
-            started_server = server.LiveServer(
-                "devkit", receiver.endpoint, off_env, runner.ROOT, stack=stack
+            lives.append(
+                _Live(f"devkit without {part}", start("devkit", {**env, server_app.OFF_ENV: part}))
             )
-            lives.append(_Live(f"devkit without {part}", started_server))
         if against is not None:
             old = source.enter_context(_devkit_source(against))
             old_env = {**env, "PYTHONPATH": os.pathsep.join([str(old), env["PYTHONPATH"]])}
-            started_server = server.LiveServer(
-                "devkit", receiver.endpoint, old_env, runner.ROOT, stack=stack
-            )
-            lives.append(_Live(f"devkit at {against}", started_server))
+            lives.append(_Live(f"devkit at {against}", start("devkit", old_env)))
         for live in lives:
             live.server.wait_ready()
             live.server.load(load.warmup_s, load)
@@ -206,7 +211,7 @@ def run(
         f"after a {load.warmup_s} s warm-up per server",
         "env": extra_env,
         "without": list(without),
-        "uvicorn": "--http {} --loop {}".format(*server.STACKS[stack]),
+        "server": _server_line(server_name, stack),
         "seconds": round(time.monotonic() - started, 1),
         "variants": {
             live.label: {
@@ -246,6 +251,12 @@ def _devkit_source(revision: str) -> Iterator[Path]:
         yield Path(tmp, "src")
 
 
+def _server_line(server_name: str, stack: str) -> str:
+    if server_name == "gunicorn":
+        return "gunicorn, 1 sync worker"
+    return "uvicorn --http {} --loop {}".format(*server.STACKS[stack])
+
+
 def _thread_split(bursts: Sequence[Burst]) -> dict[str, float]:
     """Median CPU per request of the request thread and of the background threads."""
     split = [
@@ -264,8 +275,8 @@ def _thread_split(bursts: Sequence[Burst]) -> dict[str, float]:
 def render(result: dict[str, Any]) -> str:
     lines = [
         f"server level, paired: {result['bursts']} bursts of {result['burst_s']} s per "
-        f"variant, alternating between live servers ({result['load']}; uvicorn "
-        f"{result.get('uvicorn', '--http h11 --loop asyncio')}), {result['seconds']} s",
+        f"variant, alternating between live servers ({result['load']}; "
+        f"{result.get('server', 'uvicorn --http h11 --loop asyncio')}), {result['seconds']} s",
         "",
         "| variant | req/s | server CPU µs/req | request thread | background threads "
         "| x bare req/s, paired median | IQR | 95 % interval | CPU x bare, paired median "
@@ -309,7 +320,9 @@ def render(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.paired")
-    parser.add_argument("--variant", action="append", help="ASGI variant(s); default devkit")
+    parser.add_argument(
+        "--variant", action="append", help="variant(s) of the server's app; default devkit"
+    )
     parser.add_argument(
         "--without",
         action="append",
@@ -333,6 +346,12 @@ def main(argv: list[str] | None = None) -> int:
         default="h11",
         help="uvicorn's parser and loop: h11 + asyncio (default) or httptools + uvloop",
     )
+    parser.add_argument(
+        "--server",
+        choices=server.SERVERS,
+        default="uvicorn",
+        help="uvicorn serving the Starlette app (default) or gunicorn serving the Flask app",
+    )
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
     if args.bursts < 2 or args.burst_s < 1:
@@ -353,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             without=args.without,
             stack=args.uvicorn,
             against=args.against,
+            server_name=args.server,
         )
     except RuntimeError as exc:
         print(f"paired run failed: {exc}", file=sys.stderr)

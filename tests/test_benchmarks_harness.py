@@ -632,6 +632,7 @@ def test_cpu_use_reads_the_process_and_its_main_thread() -> None:
         ["--env", "=x"],
         ["--without", "tracing"],
         ["--uvicorn", "uvloop"],
+        ["--server", "hypercorn"],
     ],
 )
 def test_paired_command_line_rejects_bad_arguments(argv: list[str]) -> None:

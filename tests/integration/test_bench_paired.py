@@ -1,4 +1,5 @@
-"""The paired server-level benchmark end to end: real uvicorn servers, real wrk bursts.
+"""The paired server-level benchmark end to end: real uvicorn and gunicorn servers, real wrk
+bursts.
 
 Nothing here is timed or compared with a threshold (the machine is shared); the test
 checks that every burst was measured and paired, and that every server was stopped.
@@ -40,7 +41,7 @@ def test_paired_run_measures_and_pairs_every_burst(tmp_path: Path) -> None:
     assert result["bursts"] == 2 and result["env"] == {"DEVKIT_SAMPLE_SUCCESS_RATIO": "1.0"}
     assert set(result["variants"]) == {"bare", "devkit", "devkit without span", "devkit at HEAD"}
     assert result["without"] == ["span"]
-    assert result["uvicorn"] == "--http h11 --loop asyncio"
+    assert result["server"] == "uvicorn --http h11 --loop asyncio"
     devkit = result["variants"]["devkit"]
     assert devkit["requests_per_s"] > 0 and devkit["cpu_us_per_request"] > 0
     # Every trace kept: the export thread works, off the request thread.
@@ -61,6 +62,28 @@ def test_paired_run_measures_and_pairs_every_burst(tmp_path: Path) -> None:
     # Every server was stopped and exited cleanly (uvicorn re-raises SIGTERM after its
     # graceful shutdown).
     assert {v["exit_status"] for v in result["variants"].values()} <= {0, -15}
+
+
+def test_paired_run_on_gunicorn_pairs_the_flask_app(tmp_path: Path) -> None:
+    _need_wrk()
+    out = tmp_path / "paired.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.paired", "--server", "gunicorn", "--bursts", "2",
+         "--burst-s", "1", "--env", "DEVKIT_SAMPLE_SUCCESS_RATIO=1.0", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "gunicorn, 1 sync worker" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["server"] == "gunicorn, 1 sync worker"
+    assert set(result["variants"]) == {"bare", "devkit"}
+    devkit = result["variants"]["devkit"]
+    assert len(devkit["paired"]["requests_per_s"]["ratios"]) == 2
+    # The worker's main thread serves; every trace kept, its export thread works.
+    assert 0 < devkit["request_thread_cpu_us_per_request"] <= devkit["cpu_us_per_request"]
+    assert devkit["background_cpu_us_per_request"] > 0
+    # gunicorn's master exits 0 once its worker stopped.
+    assert {v["exit_status"] for v in result["variants"].values()} == {0}
 
 
 @pytest.mark.parametrize(
