@@ -353,3 +353,74 @@ def test_hash_mode_is_stable_and_hides_value(devkit_logs: CapturedLogs) -> None:
     first, second = devkit_logs.records
     assert first["email"] == second["email"]
     assert re.fullmatch(r"email:[0-9a-f]{12}", first["email"])
+
+
+# -- the access record's kinds ---------------------------------------------------------------
+
+
+def _finished(path: str, **fields: Any) -> Any:
+    """A finished request as the access record reads it (``logs.AccessRequest``)."""
+    from types import SimpleNamespace
+
+    values: dict[str, Any] = {
+        "method_label": "GET", "route": "/items/{id}", "path": path, "query": "",
+        "status": 200, "duration": 0.0012345, "error": False, "exc": None,
+        "trace_id": 0x0AF7651916CD43DD8448EB211C80319C, "span_id": 0xB7AD6B7169203331,
+        "cid": "c" * 32, "created": 1_700_000_000.25,
+    }  # fmt: skip
+    values.update(fields)
+    return SimpleNamespace(**values)
+
+
+_KINDS = [
+    _finished("/items/1"),
+    _finished("/items/1", duration=0.5, trace_id=7, span_id=9, cid="other", created=1.5e9),
+    _finished("/items/1", query="token=abc&x=y"),
+    _finished("/items/jane@example.com", status=404),
+    _finished("/items/1", status=503, error=True),
+    _finished("/items/1", method_label="_OTHER", route="<unmatched>", trace_id=0, span_id=0),
+    _finished("/" + "a" * 300, query="q=" + "b" * 50),
+    _finished('/items/"\\\n\u00e9'),
+]
+
+
+def test_access_records_of_a_kind_render_as_the_generic_record() -> None:
+    """Rendered from the remembered part of their kind (the second time), or afresh, the
+    records read as the generic renderer writes them."""
+    fast, generic = io.BytesIO(), io.BytesIO()
+    pipeline = LogPipeline(Settings(), Redactor(), fast)
+    reference = LogPipeline(Settings(), Redactor(), generic)
+    for request in _KINDS * 2:
+        pipeline.access(request)
+        reference._access_slow(request, None)
+    ours = [json.loads(line) for line in fast.getvalue().splitlines()]
+    theirs = [json.loads(line) for line in generic.getvalue().splitlines()]
+    assert len(ours) == len(theirs) == 2 * len(_KINDS)
+    for mine, expected in zip(ours, theirs, strict=True):
+        assert mine == expected
+        assert list(mine) == list(expected)  # the same field order
+    # The second round came from the remembered kinds, but not the long path's.
+    assert len(pipeline._access_kinds) == len(_KINDS) - 2  # one repeats, one is long
+    lines = fast.getvalue().splitlines()
+    assert lines[: len(_KINDS)] == lines[len(_KINDS) :]
+
+
+def test_remembered_access_kinds_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from devkit import logs
+
+    monkeypatch.setattr(logs, "_MAX_CACHED_ACCESS_KINDS", 5)
+    out = io.BytesIO()
+    pipeline = LogPipeline(Settings(), Redactor(), out)
+    for n in range(12):
+        pipeline.access(_finished(f"/items/{n}"))
+        assert len(pipeline._access_kinds) <= 5
+    paths = [json.loads(line)["path"] for line in out.getvalue().splitlines()]
+    assert paths == [f"/items/{n}" for n in range(12)]
+
+
+def test_a_kind_whose_level_is_off_writes_nothing_even_remembered() -> None:
+    out = io.BytesIO()
+    pipeline = LogPipeline(Settings.from_env({"DEVKIT_LOG_LEVEL": "warn"}), Redactor(), out)
+    for request in (_finished("/a"), _finished("/a"), _finished("/a", status=404)) * 2:
+        pipeline.access(request)
+    assert [json.loads(line)["status_code"] for line in out.getvalue().splitlines()] == [404, 404]

@@ -98,13 +98,14 @@ _MAX_DEPTH = 64
 # The access record: timestamp second, milliseconds, head (level ... method), route JSON,
 # path JSON, status, duration in ms, [trace id, span id,] correlation id.
 _ACCESS_TRACED = (
-    b'{"timestamp":"%s.%03dZ%s%s,"path":%s,"status_code":%d,"duration_ms":%.3f,'
+    b'{"timestamp":"%s.%03dZ%s,"duration_ms":%.3f,'
     b'"trace_id":"%032x","span_id":"%016x","correlation_id":"%s"}\n'
 )
-_ACCESS_UNTRACED = (
-    b'{"timestamp":"%s.%03dZ%s%s,"path":%s,"status_code":%d,"duration_ms":%.3f,'
-    b'"correlation_id":"%s"}\n'
-)
+_ACCESS_UNTRACED = b'{"timestamp":"%s.%03dZ%s,"duration_ms":%.3f,"correlation_id":"%s"}\n'
+#: Access record kinds remembered (see ``LogPipeline._access_line``), and the longest path
+#: and query (together, in characters) of a kind remembered: the memory stays bounded.
+_MAX_CACHED_ACCESS_KINDS = 4096
+_MAX_CACHED_ACCESS_PATH = 256
 
 
 # Renders of the captured records go to every tap as well (devkit.testing).
@@ -273,6 +274,7 @@ class LogPipeline:
         self._service_json = orjson.dumps(self.service)
         self._access_heads: dict[tuple[str, str], bytes] = {}
         self._route_json: dict[str, bytes] = {}
+        self._access_kinds: dict[tuple[Any, ...], bytes] = {}
         # Access records below DEVKIT_LOG_LEVEL are not even built.
         self._access_levels = {
             level: LEVEL_NUMBERS[level] >= self.level_number for level in ("info", "warn", "error")
@@ -539,15 +541,63 @@ class LogPipeline:
     ) -> bytes | None:
         """The access record's JSON line, or None: its level is off, or it was written
         through :meth:`emit` (the console format, an exception, a path orjson refuses),
-        after the ``waiting`` lines of the requests before it."""
-        if request.error:
-            level = "error"
-        elif request.status >= 400:
-            level = "warn"
-        else:
-            level = "info"
-        if not self._access_levels[level]:
+        after the ``waiting`` lines of the requests before it.
+
+        All but the time stamp, the duration and the ids are the same for requests of
+        the same kind (outcome, status, method, route, path and query): rendered once
+        and remembered for up to ``_MAX_CACHED_ACCESS_KINDS`` kinds of short paths.
+        """
+        error = request.error
+        if self._console or (error and request.exc is not None):
+            self._access_slow(request, waiting)
             return None
+        path, query = request.path, request.query
+        kind = (error, request.status, request.method_label, request.route, path, query)
+        middle = self._access_kinds.get(kind)
+        if middle is None:
+            middle = self._access_middle(request)
+            if middle is None:  # a path orjson refuses: the generic path copes
+                self._access_slow(request, waiting)
+                return None
+            kinds = self._access_kinds
+            if len(path) + len(query) <= _MAX_CACHED_ACCESS_PATH:
+                if len(kinds) >= _MAX_CACHED_ACCESS_KINDS:
+                    kinds.clear()
+                kinds[kind] = middle
+        if not middle:  # the level is off
+            return None
+        created = request.created
+        now = time.time() if created is None else created
+        sec = int(now)
+        cached = self._clock._cache  # the clock's parts(), inlined: once per request
+        if cached[0] != sec:
+            cached = self._clock._second(sec)
+        trace_id = request.trace_id
+        if trace_id:
+            return _ACCESS_TRACED % (
+                cached[2],
+                int((now - sec) * 1000),
+                middle,
+                request.duration * 1000.0,
+                trace_id,
+                request.span_id,
+                request.cid.encode(),
+            )
+        return _ACCESS_UNTRACED % (
+            cached[2],
+            int((now - sec) * 1000),
+            middle,
+            request.duration * 1000.0,
+            request.cid.encode(),
+        )
+
+    def _access_level(self, request: AccessRequest) -> str:
+        if request.error:
+            return "error"
+        return "warn" if request.status >= 400 else "info"
+
+    def _access_path(self, request: AccessRequest) -> str:
+        """The path as the record shows it: query values replaced, redacted, cut."""
         path = request.path
         if request.query:
             path = f"{path}?{redact_query(request.query)}"
@@ -555,41 +605,35 @@ class LogPipeline:
             path = self.redactor.redact_str(path)
         if len(path) > self._max_path:  # cut after redaction: no half secret is left
             path = _cut_path(path, self._max_path)
-        exc = request.exc if request.error else None
-        if self._console or exc is not None:
-            self._access_generic(level, request, path, exc, waiting)
-            return None
-        method, route, created = request.method_label, request.route, request.created
-        trace_id = request.trace_id
+        return path
+
+    def _access_middle(self, request: AccessRequest) -> bytes | None:
+        """The part of the JSON line of ``request``'s kind from the level to the status
+        code (b"" when its level is off), or None when orjson refuses the path."""
+        level = self._access_level(request)
+        if not self._access_levels[level]:
+            return b""
+        method, route = request.method_label, request.route
+        head = self._access_heads.get((level, method))
+        if head is None:
+            head = self._access_head(level, method)
+        route_json = self._route_json.get(route)
+        if route_json is None:
+            route_json = orjson.dumps(route)
+            if len(self._route_json) < _MAX_CACHED_ROUTES:
+                self._route_json[route] = route_json
         try:
-            head = self._access_heads.get((level, method))
-            if head is None:
-                head = self._access_head(level, method)
-            route_json = self._route_json.get(route)
-            if route_json is None:
-                route_json = orjson.dumps(route)
-                if len(self._route_json) < _MAX_CACHED_ROUTES:
-                    self._route_json[route] = route_json
-            now = time.time() if created is None else created
-            sec = int(now)
-            cached = self._clock._cache  # the clock's parts(), inlined: once per request
-            if cached[0] != sec:
-                cached = self._clock._second(sec)
-            fields = (
-                cached[2],
-                int((now - sec) * 1000),
-                head,
-                route_json,
-                orjson.dumps(path),
-                request.status,
-                request.duration * 1000.0,
-            )
-            if trace_id:
-                return _ACCESS_TRACED % (*fields, trace_id, request.span_id, request.cid.encode())
-            return _ACCESS_UNTRACED % (*fields, request.cid.encode())
-        except Exception:  # a path orjson refuses (lone surrogates): the generic path copes
-            self._access_generic(level, request, path, None, waiting)
+            path_json = orjson.dumps(self._access_path(request))
+        except Exception:  # lone surrogates
             return None
+        return b'%s%s,"path":%s,"status_code":%d' % (head, route_json, path_json, request.status)
+
+    def _access_slow(self, request: AccessRequest, waiting: list[bytes] | None) -> None:
+        """The record through :meth:`_access_generic`, if its level is on."""
+        level = self._access_level(request)
+        if self._access_levels[level]:
+            exc = request.exc if request.error else None
+            self._access_generic(level, request, self._access_path(request), exc, waiting)
 
     def _access_generic(
         self,
