@@ -23,6 +23,7 @@ import pytest
 from devkit import _batch, logs
 from devkit.config import Settings
 from devkit.logs import LogPipeline
+from streams import RecordedWrites
 
 
 class _Busy:
@@ -126,28 +127,7 @@ def test_at_most_max_hold_bytes_wait(out: tuple[LogPipeline, Path], busy: _Busy)
     assert _messages(path) == [f"{n}" for n in range(20)]
 
 
-class _Writes(io.BufferedIOBase):
-    """A binary stream with a file descriptor that records each write."""
-
-    def __init__(self, fd: int) -> None:
-        super().__init__()
-        self._fd = fd
-        self.sizes: list[int] = []
-        self.data = bytearray()
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def write(self, data: Any) -> int:
-        self.sizes.append(len(data))
-        self.data += data
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-
-def _hold_and_release(stream: _Writes) -> None:
+def _hold_and_release(stream: RecordedWrites) -> None:
     pipeline = LogPipeline(Settings.from_env({}), None, stream)
     for n in range(100):
         pipeline.emit("info", {"event": "line", "logger": "x", "n": n, "pad": "x" * 150})
@@ -157,7 +137,7 @@ def _hold_and_release(stream: _Writes) -> None:
 
 def test_waiting_lines_go_to_a_file_in_one_write(tmp_path: Path, busy: _Busy) -> None:
     with open(tmp_path / "fd", "wb") as real:
-        stream = _Writes(real.fileno())
+        stream = RecordedWrites(real.fileno())
         _hold_and_release(stream)
     # The line after a quiet spell at once, then every waiting one together.
     assert len(stream.sizes) == 2
@@ -168,7 +148,7 @@ def test_waiting_lines_go_to_a_file_in_one_write(tmp_path: Path, busy: _Busy) ->
 def test_waiting_lines_go_to_a_pipe_in_writes_of_at_most_pipe_buf(busy: _Busy) -> None:
     read, write = os.pipe()
     try:
-        stream = _Writes(write)  # records the writes; the pipe is only asked what it is
+        stream = RecordedWrites(write)  # records the writes; the pipe is only asked what it is
         _hold_and_release(stream)
     finally:
         os.close(read)
@@ -239,7 +219,6 @@ def test_processes_sharing_one_pipe_never_mix_their_lines(tmp_path: Path) -> Non
 
 
 def test_an_in_memory_stream_never_holds(busy: _Busy) -> None:
-    import io
 
     stream = io.BytesIO()
     pipeline = LogPipeline(Settings.from_env({}), None, stream)
