@@ -95,8 +95,8 @@ _CUT_TAIL = "…[truncated: %d bytes]"
 _CUT_MIDDLE = "\n…[truncated: %d bytes]…\n"
 # Containers deeper than this are not walked for the bound (redaction stops at 32).
 _MAX_DEPTH = 64
-# The access record: timestamp second, milliseconds, head (level ... method), route JSON,
-# path JSON, status, duration in ms, [trace id, span id,] correlation id.
+# The access record: timestamp second, milliseconds, the part its kind shares (level ...
+# status code), duration in ms, [trace id, span id,] correlation id.
 _ACCESS_TRACED = (
     b'{"timestamp":"%s.%03dZ%s,"duration_ms":%.3f,'
     b'"trace_id":"%032x","span_id":"%016x","correlation_id":"%s"}\n'
