@@ -23,13 +23,13 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from streams import piped_writes
 
 import devkit
 from devkit import _context, _setup, _state
 from devkit.http import _core as core_module
 from devkit.http._core import MAX_PENDING, Core
 from devkit.testing import CapturedLogs, MetricSamples
+from streams import piped_writes
 
 _ACCESS = b'"message":"request completed"'
 

@@ -21,13 +21,13 @@ from typing import Any
 import orjson
 import pytest
 from prometheus_client import REGISTRY
-from streams import RecordedWrites, piped_writes
 
 import devkit
 from devkit import _errors, _state, logs
 from devkit.http import _timer
 from devkit.http._core import RECORD_BATCH, RECORD_DELAY_S, Core
 from devkit.testing import CapturedLogs
+from streams import RecordedWrites, piped_writes
 
 _ACCESS = b'"message":"request completed"'
 
