@@ -182,12 +182,16 @@ class Request:
     #: WSGI ``(str, str)`` pairs, or Django's header mapping.
     response_headers: Any
 
-    def http_details(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def http_details(
+        self, key: tuple[Any, ...] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The HTTP semantic conventions' recommended server span attributes, read from
         the raw request when a kept trace is exported: ``(devkit's own values, values
-        the client sent)``, without the numbers of :meth:`http_details_key`. The span
-        redacts the second."""
-        key, _ = self.http_details_key()
+        the client sent)``, without the numbers of :meth:`http_details_key`, computed
+        from its ``key`` (read here unless the caller has it). The span redacts the
+        second."""
+        if key is None:
+            key, _ = self.http_details_key()
         if not key:
             return {}, {}
         return _details(self.scheme, *key)

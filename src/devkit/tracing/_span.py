@@ -77,8 +77,11 @@ class RequestFields(Protocol):
     status: int
     error_type: str | None
 
-    def http_details(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """More attributes, read at export: (devkit's own values, values the client sent)."""
+    def http_details(
+        self, key: tuple[Any, ...] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """More attributes, read at export: (devkit's own values, values the client sent);
+        from ``key`` when the caller has read it (``http_details_key``)."""
         ...
 
     def http_details_key(self) -> tuple[tuple[Any, ...], dict[str, int]]:
@@ -108,9 +111,11 @@ def _request_attributes(
     finished: bool,
     redact: Callable[[Mapping[str, Any]], dict[str, Any]] | None,
     extra: dict[str, Any] | None,
+    details_key: tuple[Any, ...],
 ) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
     """A request span's attributes but the correlation id and the numbers of
-    ``http_details_key``; the correlation id; the application's attributes. With
+    ``http_details_key`` (whose key is ``details_key``); the correlation id; the
+    application's attributes. With
     ``redact``, it is applied to what can carry PII: the path, the correlation id, an
     unknown method as sent, the values the client sent, and the application's values.
 
@@ -121,7 +126,7 @@ def _request_attributes(
     method = request.method_label
     original = request.method[:64] if method == "_OTHER" else None
     path, cid = request.path, request.cid
-    own, sent = request.http_details()
+    own, sent = request.http_details(details_key)
     if redact is not None:
         untrusted: dict[str, Any] = {"url.path": path, "correlation.id": cid, **sent}
         if original is not None:
@@ -222,7 +227,7 @@ class ServerSpan(Span):
             # kind is redacted once and remembered (docs/benchmarks.md#kept-traces).
             out, cid = self._factory.request_attributes(request, key, redact)
         else:
-            out, cid, extra = _request_attributes(request, self._finished, redact, extra)
+            out, cid, extra = _request_attributes(request, self._finished, redact, extra, key)
         out["correlation.id"] = cid
         out.update(numbers)
         if extra:
@@ -408,10 +413,10 @@ class ServerSpanFactory:
         try:
             cached = cache.get(key)
         except TypeError:  # a value that cannot be a key (an unusual server's environ)
-            out, cid, _ = _request_attributes(request, True, redact, None)
+            out, cid, _ = _request_attributes(request, True, redact, None, details_key)
             return out, cid
         if cached is None:
-            cached, cid, _ = _request_attributes(request, True, redact, None)
+            cached, cid, _ = _request_attributes(request, True, redact, None, details_key)
             if len(cache) >= _MAX_CACHED_ATTRIBUTES:
                 cache.clear()
             cache[key] = cached
