@@ -232,6 +232,24 @@ def plain_values(counter_child: Any, histogram_child: Any) -> PlainObserve | Non
     return observe
 
 
+def set_exemplars(
+    counter_child: Any, histogram_child: Any, duration_s: float, exemplars: tuple[Any, Any]
+) -> None:
+    """Set the exemplars ``inc(1, exemplar)`` and ``observe(duration_s, exemplar)`` set (the
+    counter's, and the bucket's ``duration_s`` falls in), without counting anything. The
+    caller holds the lock devkit writes these values under. Values without exemplars
+    (multiprocess mode's) ignore it."""
+    try:
+        counter_child._value.set_exemplar(exemplars[0])
+        bounds, buckets = histogram_child._upper_bounds, histogram_child._buckets
+        for bound, bucket in zip(bounds, buckets, strict=True):
+            if duration_s <= bound:
+                bucket.set_exemplar(exemplars[1])
+                break
+    except (AttributeError, ValueError):  # another client version: the exemplar is lost
+        pass
+
+
 # -- the OTLP/HTTP span exporter ---------------------------------------------------------------
 
 

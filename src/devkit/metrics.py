@@ -366,6 +366,29 @@ class RedMetrics:
                     self._error_children[key] = errors
             errors.inc()
 
+    def add_exemplar(self, request: ObservedRequest) -> None:
+        """Link a request :meth:`observe` counted earlier to its trace, kept since
+        (``request.exemplar``): the exemplars ``observe`` would have set, nothing counted.
+        WSGI requests end their span after their metrics are counted (docs/logs.md)."""
+        trace_id = request.exemplar
+        if trace_id is None:
+            return
+        method, route, status_code = request.method_label, request.route, request.status
+        children = self._children.get((method, route, status_code))
+        if children is None:
+            children = self._new_children(method, route, str(status_code))
+        duration_s = request.duration
+        labels, now = {"trace_id": trace_id}, time.time()
+        with self._lock:
+            _compat.set_exemplars(
+                children[0],
+                children[1],
+                duration_s,
+                (Exemplar(labels, 1, now), Exemplar(labels, duration_s, now)),
+            )
+        if self.multiprocess:
+            self._record_multiprocess_exemplars(method, route, status_code, duration_s, trace_id)
+
     def _new_children(self, method: str, route: str, status: str) -> tuple[Any, Any, Any]:
         """(counter child, histogram child, their plain values or None)."""
         requests = self.requests.labels(method, route, status)

@@ -98,6 +98,28 @@ def test_kept_traces_store_the_exemplars_the_public_api_stores() -> None:
     )
 
 
+def test_an_exemplar_added_later_is_the_one_the_public_api_stores() -> None:
+    """A request counted first and linked to its kept trace afterwards (WSGI's waiting
+    span ends) ends with the samples and exemplars of a count with the exemplar."""
+    registry = CollectorRegistry()
+    red = RedMetrics(registry, buckets=DEFAULT_BUCKETS)
+    reference, requests, duration = reference_metrics()
+    for n, d in enumerate(DURATIONS):
+        trace_id = "%032x" % (n + 1)
+        red.observe(finished("GET", "/x", 200, d, False, None))
+        red.add_exemplar(finished("GET", "/x", 200, d, False, trace_id))
+        red.add_exemplar(finished("GET", "/x", 200, d, False, None))  # dropped: nothing
+        requests.labels("GET", "/x", "200").inc(1, {"trace_id": trace_id})
+        duration.labels("GET", "/x", "200").observe(d, {"trace_id": trace_id})
+    got = exemplars(registry)
+    assert len(got) > 5
+    assert got == exemplars(reference)
+    assert samples(registry, "http_request_duration_seconds") == samples(
+        reference, "http_request_duration_seconds"
+    )
+    assert samples(registry, "http_requests") == samples(reference, "http_requests")
+
+
 def test_request_started_moves_the_gauge_and_observe_brings_it_back() -> None:
     registry = CollectorRegistry()
     red = RedMetrics(registry)

@@ -1,11 +1,12 @@
-"""A WSGI request's access record waits to be written with those of the next requests.
+"""A WSGI request's span end and access record wait to be done with the next requests'.
 
-The span and the RED metrics are done when the response closes; the record of a request
-without an error waits until ``RECORD_BATCH`` wait, or ``RECORD_DELAY_S`` after the
-oldest ended when no request follows (``Core.finish_copied``). These tests pin what that
-must not change: every record is written once, in order, with the request's own end time
-and ids; counts are never late; errors are written at once; nothing waits past the bound,
-a read or a shutdown; and the thread that writes idle records does not outlive the idle.
+The RED metrics are counted when the response closes; the span's end and the record of
+a request without an error wait until ``RECORD_BATCH`` wait, or ``RECORD_DELAY_S`` after
+the oldest ended when no request follows (``Core.finish_copied``). These tests pin what
+that must not change: every record is written once, in order, with the request's own end
+time and ids; every span ends once, at the request's end, and a kept trace's exemplars
+reach the metrics; counts are never late; errors are done at once; nothing waits past the
+bound, a read or a shutdown; and the thread that does idle books does not outlive the idle.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from typing import Any
 
 import orjson
 import pytest
+from opentelemetry import trace
 from prometheus_client import REGISTRY
 
 import devkit
 from devkit import _errors, _state, logs
 from devkit.http import _timer
 from devkit.http._core import RECORD_BATCH, RECORD_DELAY_S, Core
-from devkit.testing import CapturedLogs
+from devkit.testing import CapturedLogs, CapturedSpans
 from streams import RecordedWrites, piped_writes
 
 _ACCESS = b'"message":"request completed"'
@@ -111,6 +113,54 @@ def test_counts_are_not_late(devkit_logs: CapturedLogs) -> None:
     assert REGISTRY.get_sample_value("http_requests_in_progress", {"method": "GET"}) == 0.0
     assert _access(devkit_logs) == []
     assert [r["path"] for r in devkit_logs.records] == ["/a/200"]  # a read writes it
+
+
+def _exemplar(name: str, labels: dict[str, str]) -> str | None:
+    """The trace id of the exemplar on sample ``name`` (read raw: reading flushes nothing)."""
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.name == name and sample.labels == labels and sample.exemplar is not None:
+                return str(sample.exemplar.labels["trace_id"])
+    return None
+
+
+def test_spans_end_with_the_records_at_their_own_end(devkit_spans: CapturedSpans) -> None:
+    devkit.init(sample_success_ratio=1.0)
+    seen: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(trace.get_current_span())
+        return _app(environ, start_response)
+
+    wrapped = devkit.wsgi(app)
+    _call(wrapped, "/a/200")
+    closed = time.time_ns()
+    (span,) = seen
+    # The span waits with the record: not ended, no decision, no exemplar yet; counted.
+    assert span.end_time is None
+    labels = {"method": "GET", "route": "<unmatched>", "status_code": "200"}
+    assert REGISTRY.get_sample_value("http_requests_total", labels) == 1.0
+    assert _exemplar("http_requests_total", labels) is None
+    time.sleep(0.02)
+    _core().flush_pending()
+    # Ended once, at the request's end (not the batch's), kept, and linked from the metrics.
+    assert span.end_time is not None and span.start_time < span.end_time <= closed
+    (exported,) = devkit_spans.spans
+    assert exported.context.span_id == span.context.span_id
+    assert _exemplar("http_requests_total", labels) == "%032x" % span.context.trace_id
+    _call(wrapped, "/b/500")  # an error: its span ends at once, with its record
+    assert seen[1].end_time is not None
+
+
+def test_spans_wait_when_records_are_off(devkit_spans: CapturedSpans) -> None:
+    devkit.init(sample_success_ratio=1.0, log_level="warn")
+    app = devkit.wsgi(_app)
+    cids = [_call(app, f"/r{i}/200") for i in range(3)]
+    deadline = time.monotonic() + 5
+    while len(devkit_spans.exporter.get_finished_spans()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the timer's thread ends them: no read, no flush
+    spans = devkit_spans.exporter.get_finished_spans()
+    assert sorted(str((s.attributes or {})["correlation.id"]) for s in spans) == sorted(cids)
 
 
 def test_errors_are_written_at_once_after_the_waiting_ones(devkit_logs: CapturedLogs) -> None:

@@ -68,9 +68,10 @@ CORRELATION_HEADER = "X-Correlation-ID"
 #: Requests whose books are still open (see ``Core.finish_soon``) before the next one
 #: closes them all on the spot.
 MAX_PENDING = 256
-#: WSGI access records that wait (see ``Core.finish_copied``) before the request that
-#: ends next writes them all, and how long the oldest waits, at least, for a next request
-#: before the timer's thread writes them (it looks once per this interval).
+#: WSGI requests whose span end and access record wait (see ``Core.finish_copied``)
+#: before the request that ends next does them all, and how long the oldest waits, at
+#: least, for a next request before the timer's thread does them (it looks once per this
+#: interval).
 RECORD_BATCH = 32
 RECORD_DELAY_S = 0.05
 #: Without a record waiting for this long, the thread that writes them ends.
@@ -688,11 +689,12 @@ class Core:
         runs in afterwards (the WSGI adapter's): the copy is dropped with the variables
         the request set, so there is nothing to restore. Never raises.
 
-        The span and the RED metrics are done now; the access record of a request that
-        ended without an error waits to be written with those of the next requests, up
-        to ``RECORD_BATCH`` in a row, or one to two ``RECORD_DELAY_S`` when no request follows
-        (docs/logs.md#when-records-are-written). Rendering them in a row keeps their
-        code and data in the CPU's caches, as the ASGI adapter's batched books do.
+        The RED metrics are counted now. The span's end (its tail decision) and the
+        access record of a request that ended without an error wait to be done with those
+        of the next requests, up to ``RECORD_BATCH`` in a row, or one to two
+        ``RECORD_DELAY_S`` when no request follows (docs/logs.md#when-records-are-written);
+        a kept trace's exemplars are added to the metrics then. Doing them in a row keeps
+        their code and data in the CPU's caches, as the ASGI adapter's batched books do.
         """
         try:
             req.end = _perf_counter()
@@ -757,7 +759,8 @@ class Core:
                 self.flush_records()
 
     def flush_records(self) -> None:
-        """Write the access records that wait, in their order, together. Never raises."""
+        """End the spans and write the access records that wait (``finish_copied``), in
+        their order, the records together. Never raises."""
         # In an empty context: the records are written outside any request's context.
         _VarContext().run(self._write_records)
 
@@ -765,7 +768,10 @@ class Core:
         with self._pending_lock:
             records: list[Request] = []
             self._drain(self._records, records.append)
-            if self.logs is not None:  # else the access log was switched off meanwhile
+            end_span = self._end_waiting_span
+            for req in records:
+                end_span(req)
+            if self.logs is not None:  # else the access log is off (or was switched off)
                 self.logs.access_many(records)
 
     def _drain(self, queue: deque[Request], handle: Callable[[Request], None]) -> None:
@@ -818,7 +824,7 @@ class Core:
         (``record_waits``: the access record of a request without an error waits, see
         :meth:`finish_copied`; ``in_batch``: it waits for the end of the batch of books
         :meth:`flush_pending` does, whose records are written together)."""
-        duration = req.duration = req.end - req.start
+        req.duration = req.end - req.start
         exc = req.exc
         status = req.status
         if exc is not None and not isinstance(exc, Exception):
@@ -834,43 +840,67 @@ class Core:
         req.status = status
         req.error = error
 
+        # A WSGI request without an error leaves its span's end and its access record to
+        # wait (see finish_copied); its metrics are counted now.
+        waits = record_waits and not error and exc is None
         span = req.span
-        if span is not None:
+        if error:
+            req.error_type = _errors.type_name(exc) if exc is not None else str(status)
+        else:
+            req.error_type = None
+        if span is not None and not waits:
             req.span = None  # the span keeps the record, not the other way round
-            if error:
-                req.error_type = _errors.type_name(exc) if exc is not None else str(status)
-                if exc is not None:
-                    span.record_exception(exc)
-            else:
-                req.error_type = None
-            end = span.start_time + int(duration * 1e9)
-            kept = self.server_spans.end_request(span, end)  # type: ignore[union-attr]
-            if not kept:
-                # The span of a dropped trace may outlive the request (late children):
-                # it must not hold on to the scope, a large graph.
-                req.source = req.response_headers = None
-            else:
-                # A kept span waits in the export queue (for as long as a collector is
-                # away): it keeps only what its attributes are read from, not the scope
-                # with the app's objects in it, nor the response's headers list.
-                req.source = _detail_source(req.source)
-                req.response_headers = _detail_headers(req.response_headers)
-                if self.exemplars:
-                    req.exemplar = "%032x" % req.trace_id
+            if exc is not None and error:
+                span.record_exception(exc)
+            self._end_span(req, span)
 
         if self.metrics is not None:
             self.metrics.observe(req)
-        if self.logs is not None:
-            records = self._records
-            if (record_waits or in_batch) and not error and exc is None:
+        records = self._records
+        if waits and (span is not None or self.logs is not None):
+            records.append(req)
+            if len(records) >= RECORD_BATCH:
+                self.flush_records()
+            elif not self._record_timer.running:
+                self._record_timer.start()
+        elif self.logs is not None:
+            if in_batch and not error and exc is None:
                 records.append(req)
-                if len(records) >= RECORD_BATCH:
-                    self.flush_records()
-                elif record_waits and not self._record_timer.running:
-                    self._record_timer.start()
             else:
                 if records:  # the records that wait go first: the log stays in order
                     self.flush_records()
                 self.logs.access(req)
         if exc is not None:  # a kept span holds the record until export: not the traceback
             req.exc = None
+
+    def _end_span(self, req: Request, span: ServerSpan) -> bool:
+        """End the request's span (its tail decision); True when the trace is kept."""
+        end = span.start_time + int(req.duration * 1e9)
+        kept = self.server_spans.end_request(span, end)  # type: ignore[union-attr]
+        if not kept:
+            # The span of a dropped trace may outlive the request (late children): it
+            # must not hold on to the scope, a large graph.
+            req.source = req.response_headers = None
+        else:
+            # A kept span waits in the export queue (for as long as a collector is away):
+            # it keeps only what its attributes are read from, not the scope with the
+            # app's objects in it, nor the response's headers list.
+            req.source = _detail_source(req.source)
+            req.response_headers = _detail_headers(req.response_headers)
+            if self.exemplars:
+                req.exemplar = "%032x" % req.trace_id
+        return kept
+
+    def _end_waiting_span(self, req: Request) -> None:
+        """End the span of a WSGI request whose books waited, and link its metrics to the
+        trace when it is kept (they were counted at its close). Never raises."""
+        span = req.span
+        if span is None:
+            return
+        req.span = None
+        try:
+            kept = self._end_span(req, span)
+            if kept and req.exemplar is not None and self.metrics is not None:
+                self.metrics.add_exemplar(req)
+        except Exception as error:
+            _errors.report("middleware", "finish_failed", error)
