@@ -26,6 +26,7 @@ from opentelemetry.trace import (
 )
 from request_record import end_request, start_request
 
+from devkit.config import UNMATCHED_ROUTE
 from devkit.tracing._export import ExportSpan
 from devkit.tracing._otlp import FastOTLPExporter, _Encoder, encode_spans
 from devkit.tracing._span import ServerSpanFactory
@@ -260,3 +261,84 @@ def test_request_spans_of_one_kind_share_their_encoded_part() -> None:
         ]
         assert [v["correlation.id"].string_value for v in values] == [f"cid-{i}" for i in range(12)]
         assert [v["network.peer.port"].int_value for v in values] == list(range(1, 13))
+
+
+def _request_spans() -> list[Any]:
+    """Finished request spans of several kinds, parents, trace states and ids."""
+    factory = ServerSpanFactory(ratio=1.0, resource=lambda: RESOURCE, on_end=lambda s: None)
+    remote = SpanContext(5, 6, True, TraceFlags(1), TraceState([("vendor", "x1")]))
+    local = SpanContext(7, 8, False, TraceFlags(1))
+    cases = [
+        ("GET", "/a", "cid-1", None, "/a", 200, None),
+        ("GET", "/a", "4111111111111111", None, "/a", 200, None),  # redacted as a card
+        ("POST", "/b", "c" * 100, remote, "/b", 201, None),
+        ("PATCHY", "/c", "c" * 101, local, UNMATCHED_ROUTE, 404, None),
+        ("GET", "/d", "é-not-ascii", None, "/d", 500, "500"),
+        ("GET", "/a", "", None, "/a", 200, None),
+        ("GET", "/a", "cid-2", remote, "/a", 200, None),
+    ]
+    spans = []
+    for i, (method, path, cid, parent, route, status, error) in enumerate(cases * 2):
+        span = start_request(factory, method, path, cid, parent)
+        req = span._request
+        req.query = "q=1" if i % 3 == 0 else ""  # type: ignore[union-attr]
+        req.source = {  # type: ignore[union-attr]
+            "REQUEST_METHOD": method,
+            "REMOTE_ADDR": "10.0.0.1",
+            "REMOTE_PORT": str(1000 + i),
+            "HTTP_USER_AGENT": "ua mail me@example.com" if i % 2 else "ua",
+            "CONTENT_LENGTH": str(i) if i % 4 else None,
+        }
+        req.response_headers = (("content-length", 10 + i),) if i % 5 else None  # type: ignore[union-attr]
+        end_request(factory, span, route, status, error)
+        spans.append(span)
+    return spans
+
+
+def test_request_spans_in_two_parts_encode_as_the_generic_path() -> None:
+    """A kept request span goes out as a ``RequestExportSpan`` (shared and own parts, the
+    kind's name, attributes and status encoded once): the bytes are the ones the
+    ``ExportSpan`` of the same span gives, and what the stock encoder writes."""
+    from devkit.redaction import Redactor
+    from devkit.tracing._export import RequestExportSpan
+
+    redact = Redactor().redact_attributes
+    spans = _request_spans()
+    fused = []
+    for span in spans:
+        parts = span.request_parts(redact)
+        assert parts is not None
+        out = RequestExportSpan.__new__(RequestExportSpan)
+        for field in ("name", "context", "parent", "kind", "status", "start_time", "end_time"):
+            setattr(out, field, getattr(span, field))
+        out.shared, out.own = parts
+        out.events, out.links = [], []
+        out.resource, out.instrumentation_scope = span.resource, span.instrumentation_scope
+        fused.append(out)
+    generic = [ExportSpan(s, s.redacted_attributes(redact), []) for s in spans]
+    assert fused[0].shared is fused[6].shared  # one kind, one shared dict
+    encoder = _Encoder()
+    for _ in range(2):  # the second time from the caches
+        assert encoder.request(fused) == _Encoder().request(generic)
+    assert parsed(encoder.request(fused)) == stock_encode([s.to_readable() for s in fused])
+    # What reads the attributes gets both parts, in order (and a fallback its SDK span).
+    assert list(fused[1].attributes) == list(generic[1].attributes)
+    assert fused[1].attributes["correlation.id"] != "4111111111111111"
+
+
+def test_the_batch_exporter_hands_plain_request_spans_over_in_two_parts() -> None:
+    from devkit.redaction import Redactor
+    from devkit.tracing._export import BatchExporter, RequestExportSpan
+
+    spans = _request_spans()
+    spans[1].set_status(Status(StatusCode.ERROR, "mail me@example.com"))  # ended: ignored
+    factory = spans[0]._factory
+    extra = start_request(factory, "GET", "/e", "cid-e")
+    extra.set_attribute("user.id", 7)
+    end_request(factory, extra, "/e", 200)
+    exporter = BatchExporter(
+        FastOTLPExporter(OTLPSpanExporter()), redact=Redactor().redact_attributes
+    )
+    prepared = [exporter._prepared(s) for s in [*spans, extra]]
+    assert [type(p) for p in prepared] == [RequestExportSpan] * len(spans) + [ExportSpan]
+    assert prepared[-1].attributes["user.id"] == 7  # type: ignore[union-attr]

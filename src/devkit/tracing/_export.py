@@ -19,7 +19,13 @@ from devkit import _errors
 from devkit._batch import BatchQueue, Count
 from devkit.config import ExportOptions
 
-__all__ = ["BatchExporter", "ExportSpan", "SharedAttributes", "text_redactor"]
+__all__ = [
+    "BatchExporter",
+    "ExportSpan",
+    "RequestExportSpan",
+    "SharedAttributes",
+    "text_redactor",
+]
 
 Redact = Callable[[Mapping[str, Any]], dict[str, Any]]
 RedactText = Callable[[str], str]
@@ -138,6 +144,28 @@ class ExportSpan:
         )
 
 
+class RequestExportSpan(ExportSpan):
+    """An :class:`ExportSpan` of a devkit request span with nothing the application
+    added: its attributes as the part requests of its kind share (:attr:`shared`, the
+    same dict for each) and its own (:attr:`own`: the correlation id and the numbers).
+
+    devkit's OTLP encoder encodes the shared part, the name and the status once per kind;
+    :attr:`attributes` (both, in that order) is built only when something reads it.
+    """
+
+    __slots__ = ("shared", "own")
+
+    shared: dict[str, Any]
+    own: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for slots not set: the attributes, built on the first read.
+        if name == "attributes":
+            self.attributes = attributes = {**self.shared, **self.own}
+            return attributes
+        raise AttributeError(name)
+
+
 class BatchExporter(BatchQueue):
     """The span queue: ``BatchQueue`` plus redaction of what it exports."""
 
@@ -183,6 +211,11 @@ class BatchExporter(BatchQueue):
         try:
             if redact is None:
                 exported = ExportSpan(span, dict(span.attributes or {}), list(span.events))
+            elif self._plain_spans and own is not None:
+                parts = span.request_parts(redact)  # type: ignore[attr-defined]
+                if parts is not None:
+                    return self._request_span(span, redact, *parts)
+                exported = self._redacted(span, redact, own)
             else:
                 exported = self._redacted(span, redact, own)
         except Exception as exc:
@@ -225,6 +258,34 @@ class BatchExporter(BatchQueue):
         out.attributes = attributes
         out.events = events
         out.links = list(links) if links else []
+        out.resource = span.resource
+        out.instrumentation_scope = span.instrumentation_scope
+        return out
+
+    def _request_span(
+        self, span: Any, redact: Redact, shared: dict[str, Any], own: dict[str, Any]
+    ) -> RequestExportSpan | ExportSpan:
+        """A request span's export with its attributes in two parts (redacted by
+        ``request_parts``); with a status description, an ordinary :class:`ExportSpan`."""
+        status = span.status
+        if status.description:
+            return self._redacted(span, redact, span.redacted_attributes)
+        name = span.name
+        clean_name = self._names.get(name)
+        if clean_name is None:
+            clean_name = self._name(name)
+        out: RequestExportSpan = _new_export_span(RequestExportSpan)
+        out.name = clean_name
+        out.context = span.context
+        out.parent = span.parent
+        out.kind = span.kind
+        out.status = status
+        out.start_time = span.start_time
+        out.end_time = span.end_time
+        out.shared = shared
+        out.own = own
+        out.events = []
+        out.links = []
         out.resource = span.resource
         out.instrumentation_scope = span.instrumentation_scope
         return out

@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
 from devkit import _compat
-from devkit.tracing._export import ExportSpan, SharedAttributes
+from devkit.tracing._export import ExportSpan, RequestExportSpan, SharedAttributes
 
 __all__ = ["FastOTLPExporter", "encode_spans"]
 
@@ -46,6 +46,10 @@ _INT64_MAX = (1 << 63) - 1
 _MAX_CACHED_PAIRS = 4096
 _MAX_CACHED_NAMES = 1024
 _MAX_CACHED_SHARED = 1024
+#: Kinds of request span whose name, shared attributes and status are kept encoded.
+_MAX_CACHED_KINDS = 1024
+#: The ``KeyValue`` attribute field of ``correlation.id`` up to its value's length.
+_CID_KEY = b"\x0a\x0ecorrelation.id\x12"
 _pack_double = struct.Struct("<d").pack
 _pack_u64 = struct.Struct("<Q").pack
 _pack_u32 = struct.Struct("<I").pack
@@ -123,6 +127,8 @@ class _Encoder:
         #: The encoded shared part of :class:`SharedAttributes`, by the shared dict's
         #: identity (the entry keeps the dict, so its id is not reused meanwhile).
         self._shared: dict[int, tuple[dict[str, Any], bytes, bytes]] = {}
+        #: Request spans' parts that a kind shares, encoded (see :meth:`_request_span`).
+        self._kinds: dict[tuple[Any, ...], tuple[dict[str, Any], bytes, bytes, bytes]] = {}
 
     def attributes(self, tag: bytes, attributes: Mapping[str, object] | None) -> bytes:
         """Each pair as a repeated ``KeyValue`` field ``tag``."""
@@ -207,7 +213,68 @@ class _Encoder:
             encoded = self._scopes[scope] = _field(b"\x0a", body)
         return encoded
 
+    def _request_span(self, span: RequestExportSpan) -> bytes:
+        """:meth:`span` for a request span (the same bytes): the name and kind, the
+        shared attributes and the status are encoded once per kind of request; the ids,
+        times, correlation id and numbers for each span."""
+        ctx = span.context
+        parent = span.parent
+        shared = span.shared
+        name = span.name
+        code = span.status.status_code.value
+        key = (id(shared), name, code)
+        entry = self._kinds.get(key)
+        if entry is None or entry[0] is not shared:
+            if len(self._kinds) >= _MAX_CACHED_KINDS:
+                self._kinds.clear()
+            head = (_field(b"\x2a", name.encode("utf-8")) if name else b"") + _KIND_FIELD[span.kind]
+            entry = self._kinds[key] = (
+                shared,
+                head,
+                self._pairs(b"\x4a", shared.items()),
+                _STATUS_FIELD[code],
+            )
+        own = span.own
+        cid = own["correlation.id"]
+        if type(cid) is not str or not cid.isascii() or len(cid) > 100:
+            # Not the usual short text: encoded the general way.
+            pairs = self._pairs(b"\x4a", own.items())
+        else:
+            size = len(cid)
+            pairs = b"J%c%s%c\x0a%c%s%s" % (
+                size + 20,
+                _CID_KEY,
+                size + 2,
+                size,
+                cid.encode(),
+                self._pairs(b"\x4a", islice(own.items(), 1, None)),
+            )
+        out = [
+            b"\x0a\x10",
+            ctx.trace_id.to_bytes(16, "big"),
+            b"\x12\x08",
+            ctx.span_id.to_bytes(8, "big"),
+        ]
+        state = ctx.trace_state
+        if state:
+            out.append(_field(b"\x1a", ",".join(f"{k}={v}" for k, v in state.items()).encode()))
+        if parent:
+            out.append(b"\x22\x08")
+            out.append(parent.span_id.to_bytes(8, "big"))
+        out.append(entry[1])
+        if span.start_time:
+            out.append(b"\x39" + _pack_u64(span.start_time))
+        if span.end_time:
+            out.append(b"\x41" + _pack_u64(span.end_time))
+        out.append(entry[2])
+        out.append(pairs)
+        out.append(entry[3])
+        out.append(_REMOTE_PARENT if parent and parent.is_remote else _LOCAL_PARENT)
+        return b"".join(out)
+
     def span(self, span: Any) -> bytes:
+        if type(span) is RequestExportSpan:
+            return self._request_span(span)
         ctx = span.context
         parent = span.parent
         out = [

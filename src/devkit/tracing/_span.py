@@ -214,6 +214,22 @@ class ServerSpan(Span):
             return redact(self._attributes(None))
         return self._attributes(redact)
 
+    def request_parts(
+        self, redact: Callable[[Mapping[str, Any]], dict[str, Any]]
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """:meth:`redacted_attributes` in two parts for a finished request span with
+        nothing the application added (else None): the attributes requests of its kind
+        share (the same dict for each, not to be changed), and its own (the correlation id
+        and the numbers), in the order of ``redacted_attributes``."""
+        request = self._request
+        if request is None or self._extra or not self._finished or self._events or self._links:
+            return None
+        key, numbers = request.http_details_key()
+        shared, cid = self._factory.shared_request_attributes(request, key, redact)
+        own: dict[str, Any] = {"correlation.id": cid}
+        own.update(numbers)
+        return shared, own
+
     def _attributes(
         self, redact: Callable[[Mapping[str, Any]], dict[str, Any]] | None
     ) -> dict[str, Any]:
@@ -389,7 +405,18 @@ class ServerSpanFactory:
         redact: Callable[[Mapping[str, Any]], dict[str, Any]],
     ) -> tuple[dict[str, Any], str]:
         """A finished request span's attributes (a new dict) but the correlation id and
-        the numbers, and the correlation id, redacted (``_request_attributes``).
+        the numbers, and the correlation id, redacted (``_request_attributes``)."""
+        shared, cid = self.shared_request_attributes(request, details_key, redact)
+        return SharedAttributes.extending(shared), cid
+
+    def shared_request_attributes(
+        self,
+        request: RequestFields,
+        details_key: tuple[Any, ...],
+        redact: Callable[[Mapping[str, Any]], dict[str, Any]],
+    ) -> tuple[dict[str, Any], str]:
+        """:meth:`request_attributes` as the dict requests of the same kind share (not
+        to be changed), and the correlation id.
 
         Requests of the same kind (method, path, route, status, client and server
         details) have the same attributes but for those: they are redacted and built
@@ -422,7 +449,7 @@ class ServerSpanFactory:
             cache[key] = cached
         else:
             cid = redact({"correlation.id": request.cid})["correlation.id"]
-        return SharedAttributes.extending(cached), cid
+        return cached, cid
 
     @property
     def resource(self) -> Resource:
