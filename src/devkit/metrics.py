@@ -176,6 +176,11 @@ class RedMetrics:
         #: prometheus-client's multiprocess directory (``PROMETHEUS_MULTIPROC_DIR``).
         self.multiprocess_dir = multiprocess_dir
         self.multiprocess = multiprocess_dir is not None
+        #: Counts requests that finished but are not counted yet whenever the registry
+        #: is read (:meth:`count_waiting_with`); registered first, so it runs before any
+        #: of devkit's metrics is collected.
+        self._waiting = _CountWaiting()
+        registry.register(self._waiting)
         labels = REQUEST_LABELS
         self.requests = Counter(REQUESTS_TOTAL, "HTTP requests served.", labels, registry=registry)
         self.errors = Counter(
@@ -257,6 +262,7 @@ class RedMetrics:
         #: worker's are served beside the merged metrics.
         self.process_gauges: list[Collector] = []
         self._collectors: list[Collector] = [
+            self._waiting,
             *([self.build_info] if self.build_info is not None else []),
             self.requests,
             self.errors,
@@ -296,6 +302,18 @@ class RedMetrics:
                 from devkit import _errors
 
                 _errors.report("metrics", "before_scrape_failed", exc)
+
+    @property
+    def counts_later(self) -> bool:
+        """Whether a request may be counted after it finished, when its books are done
+        in a batch, because every read of the registry counts the waiting ones first
+        (:meth:`count_waiting_with`). Not in multiprocess mode: there the counts are
+        in files that outlive a worker killed before its batch."""
+        return not self.multiprocess
+
+    def count_waiting_with(self, count: Callable[[], None] | None) -> None:
+        """Have ``count`` called before each read of the registry (None: no more)."""
+        self._waiting.count = count
 
     def request_started(self, method: str) -> Any:
         """+1 on the in-progress gauge of ``method``; the record keeps the result for
@@ -500,6 +518,22 @@ class _CallbackGauge(Collector):
 
     def describe(self) -> Iterable[Metric]:
         yield GaugeMetricFamily(self._name, self._documentation, labels=self._labels)
+
+
+class _CountWaiting(Collector):
+    """No metric: a collect counts what waits to be counted (``RedMetrics.counts_later``)."""
+
+    def __init__(self) -> None:
+        self.count: Callable[[], None] | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        count = self.count
+        if count is not None:
+            count()
+        return ()
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
 
 
 class _LiveGauge(Collector):

@@ -152,6 +152,53 @@ def test_spans_end_with_the_records_at_their_own_end(devkit_spans: CapturedSpans
     assert seen[1].end_time is not None
 
 
+def test_counts_wait_with_the_batch_and_any_read_counts_them_first(
+    devkit_logs: CapturedLogs,
+) -> None:
+    devkit.init(sample_success_ratio=0.0)
+    app = devkit.wsgi(_app)
+    _call(app, "/a/200")
+    _call(app, "/b/200")
+    waiting = list(_core()._records)
+    assert [r.path for r in waiting] == ["/a/200", "/b/200"]
+    assert not any(r.counted for r in waiting)  # counted with their batch...
+    labels = {"method": "GET", "route": "<unmatched>", "status_code": "200"}
+    # ...or by the first read of the registry, whoever reads it.
+    assert [m.name for m in REGISTRY.collect()]  # a read that looks at no sample
+    assert all(r.counted for r in waiting)
+    assert REGISTRY.get_sample_value("http_requests_total", labels) == 2.0
+    assert _access(devkit_logs) == []  # the read counted; the records still wait
+    _core().flush_pending()
+    assert REGISTRY.get_sample_value("http_requests_total", labels) == 2.0  # once each
+    assert len(_access(devkit_logs)) == 2
+
+
+def test_a_request_counted_in_its_batch_links_its_kept_trace(
+    devkit_spans: CapturedSpans,
+) -> None:
+    devkit.init(sample_success_ratio=1.0)
+    app = devkit.wsgi(_app)
+    for i in range(RECORD_BATCH):  # the last one does the batch: no read before it
+        _call(app, f"/r{i}/200")
+    assert not _core()._records
+    labels = {"method": "GET", "route": "<unmatched>", "status_code": "200"}
+    trace_id = _exemplar("http_requests_total", labels)
+    assert trace_id is not None
+    assert REGISTRY.get_sample_value("http_requests_total", labels) == RECORD_BATCH
+    spans = devkit_spans.spans
+    assert trace_id == "%032x" % spans[-1].context.trace_id  # the batch's last request
+
+
+def test_multiprocess_counts_are_not_left_to_a_batch(tmp_path: Any) -> None:
+    # A worker killed before its batch would lose them: the files outlive it.
+    from prometheus_client import CollectorRegistry
+
+    from devkit.metrics import RedMetrics
+
+    assert RedMetrics(CollectorRegistry()).counts_later
+    assert not RedMetrics(CollectorRegistry(), multiprocess_dir=str(tmp_path)).counts_later
+
+
 def test_spans_wait_when_records_are_off(devkit_spans: CapturedSpans) -> None:
     devkit.init(sample_success_ratio=1.0, log_level="warn")
     app = devkit.wsgi(_app)

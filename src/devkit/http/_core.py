@@ -68,7 +68,7 @@ CORRELATION_HEADER = "X-Correlation-ID"
 #: Requests whose books are still open (see ``Core.finish_soon``) before the next one
 #: closes them all on the spot.
 MAX_PENDING = 256
-#: WSGI requests whose span end and access record wait (see ``Core.finish_copied``)
+#: WSGI requests whose span end, metrics and access record wait (``Core.finish_copied``)
 #: before the request that ends next does them all, and how long the oldest waits, at
 #: least, for a next request before the timer's thread does them (it looks once per this
 #: interval).
@@ -135,6 +135,7 @@ class Request:
         "cid_token",
         "source",
         "response_headers",
+        "counted",
     )
 
     # -- from the request (begin) -----------------------------------------------------------
@@ -176,6 +177,8 @@ class Request:
     in_progress: Any
     token: Token[Context] | None
     cid_token: Token[str | None]
+    #: Whether the RED metrics counted it (set when its books wait, see ``finish_copied``).
+    counted: bool
     # -- raw, read only for kept traces (:meth:`http_details`) ----------------------------------
     #: The ASGI scope, or the WSGI environ (Django's ``META``).
     source: Mapping[str, Any] | None
@@ -481,6 +484,12 @@ class Core:
         #: request threads, emptied under ``_pending_lock``.
         self._records: deque[Request] = deque()
         self._record_timer = self._new_record_timer()
+        #: WSGI requests that wait are counted with their batch, or by the first read of
+        #: the registry before it (RedMetrics.counts_later).
+        self._count_later = metrics is not None and metrics.counts_later
+        if self._count_later:
+            assert metrics is not None
+            metrics.count_waiting_with(self.count_waiting)
 
     def _new_record_timer(self) -> FlushTimer:
         return FlushTimer(
@@ -689,12 +698,13 @@ class Core:
         runs in afterwards (the WSGI adapter's): the copy is dropped with the variables
         the request set, so there is nothing to restore. Never raises.
 
-        The RED metrics are counted now. The span's end (its tail decision) and the
-        access record of a request that ended without an error wait to be done with those
-        of the next requests, up to ``RECORD_BATCH`` in a row, or one to two
-        ``RECORD_DELAY_S`` when no request follows (docs/logs.md#when-records-are-written);
-        a kept trace's exemplars are added to the metrics then. Doing them in a row keeps
-        their code and data in the CPU's caches, as the ASGI adapter's batched books do.
+        The span's end (its tail decision), the RED metrics and the access record of a
+        request that ended without an error wait to be done with those of the next
+        requests, up to ``RECORD_BATCH`` in a row, or one to two ``RECORD_DELAY_S`` when no
+        request follows (docs/logs.md#when-records-are-written). Any read of the registry
+        counts the waiting requests first (:meth:`count_waiting`); in multiprocess mode
+        they are counted now. Doing them in a row keeps their code and data in the CPU's
+        caches, as the ASGI adapter's batched books do.
         """
         try:
             req.end = _perf_counter()
@@ -759,8 +769,8 @@ class Core:
                 self.flush_records()
 
     def flush_records(self) -> None:
-        """End the spans and write the access records that wait (``finish_copied``), in
-        their order, the records together. Never raises."""
+        """Do the books that wait (``finish_copied``): spans, metrics and access records,
+        in their order, the records written together. Never raises."""
         # In an empty context: the records are written outside any request's context.
         _VarContext().run(self._write_records)
 
@@ -768,9 +778,9 @@ class Core:
         with self._pending_lock:
             records: list[Request] = []
             self._drain(self._records, records.append)
-            end_span = self._end_waiting_span
+            books = self._waiting_books
             for req in records:
-                end_span(req)
+                books(req)
             if self.logs is not None:  # else the access log is off (or was switched off)
                 self.logs.access_many(records)
 
@@ -854,17 +864,22 @@ class Core:
                 span.record_exception(exc)
             self._end_span(req, span)
 
-        if self.metrics is not None:
-            self.metrics.observe(req)
         records = self._records
-        if waits and (span is not None or self.logs is not None):
+        if waits and (span is not None or self.logs is not None or self._count_later):
+            req.counted = not self._count_later
+            if req.counted and self.metrics is not None:
+                self.metrics.observe(req)
             records.append(req)
             if len(records) >= RECORD_BATCH:
                 self.flush_records()
             elif not self._record_timer.running:
                 self._record_timer.start()
-        elif self.logs is not None:
+            return
+        if self.metrics is not None:
+            self.metrics.observe(req)
+        if self.logs is not None:
             if in_batch and not error and exc is None:
+                req.counted = True
                 records.append(req)
             else:
                 if records:  # the records that wait go first: the log stays in order
@@ -891,16 +906,38 @@ class Core:
                 req.exemplar = "%032x" % req.trace_id
         return kept
 
-    def _end_waiting_span(self, req: Request) -> None:
-        """End the span of a WSGI request whose books waited, and link its metrics to the
-        trace when it is kept (they were counted at its close). Never raises."""
-        span = req.span
-        if span is None:
-            return
-        req.span = None
+    def _waiting_books(self, req: Request) -> None:
+        """The books of a WSGI request that waited: end its span, then count it (with the
+        exemplar of a kept trace), or, when it was counted already, link its metrics to
+        the kept trace. Never raises."""
         try:
-            kept = self._end_span(req, span)
-            if kept and req.exemplar is not None and self.metrics is not None:
-                self.metrics.add_exemplar(req)
+            span = req.span
+            kept = False
+            if span is not None:
+                req.span = None
+                kept = self._end_span(req, span)
+            metrics = self.metrics
+            if metrics is not None:
+                if not req.counted:
+                    req.counted = True
+                    metrics.observe(req)
+                elif kept and req.exemplar is not None:
+                    metrics.add_exemplar(req)
         except Exception as error:
             _errors.report("middleware", "finish_failed", error)
+
+    def count_waiting(self) -> None:
+        """Count the requests whose books wait (``finish_copied``) and are not counted
+        yet: every read of the registry calls this first, so counts are never late. A
+        kept trace's exemplars are added when its span ends. Never raises."""
+        if not self._records or self.metrics is None:
+            return
+        try:
+            with self._pending_lock:
+                observe = self.metrics.observe
+                for req in list(self._records):  # a copy: request threads append
+                    if not req.counted:
+                        req.counted = True
+                        observe(req)
+        except Exception as error:
+            _errors.report("metrics", "count_failed", error)
