@@ -9,7 +9,7 @@ its status description and its links' attributes. devkit's OTLP encoder takes th
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -166,6 +166,25 @@ class RequestExportSpan(ExportSpan):
         raise AttributeError(name)
 
 
+_Export = TypeVar("_Export", bound=ExportSpan)
+
+
+def _filled(out: _Export, span: Any, name: str, status: Status) -> _Export:
+    """``out`` with ``span``'s fields but the attributes, events and links; filled here
+    rather than through ExportSpan's __init__ (a class call with keywords): this runs for
+    every exported span."""
+    out.name = name
+    out.context = span.context
+    out.parent = span.parent
+    out.kind = span.kind
+    out.status = status
+    out.start_time = span.start_time
+    out.end_time = span.end_time
+    out.resource = span.resource
+    out.instrumentation_scope = span.instrumentation_scope
+    return out
+
+
 class BatchExporter(BatchQueue):
     """The span queue: ``BatchQueue`` plus redaction of what it exports."""
 
@@ -245,21 +264,10 @@ class BatchExporter(BatchQueue):
         links = span.links
         if links:
             links = [Link(k.context, redact(k.attributes)) if k.attributes else k for k in links]
-        # Filled here rather than through ExportSpan's __init__ (a class call with
-        # keywords): this runs for every exported span.
-        out: ExportSpan = _new_export_span(ExportSpan)
-        out.name = clean_name
-        out.context = span.context
-        out.parent = span.parent
-        out.kind = span.kind
-        out.status = status
-        out.start_time = span.start_time
-        out.end_time = span.end_time
+        out: ExportSpan = _filled(_new_export_span(ExportSpan), span, clean_name, status)
         out.attributes = attributes
         out.events = events
         out.links = list(links) if links else []
-        out.resource = span.resource
-        out.instrumentation_scope = span.instrumentation_scope
         return out
 
     def _request_span(
@@ -274,20 +282,13 @@ class BatchExporter(BatchQueue):
         clean_name = self._names.get(name)
         if clean_name is None:
             clean_name = self._name(name)
-        out: RequestExportSpan = _new_export_span(RequestExportSpan)
-        out.name = clean_name
-        out.context = span.context
-        out.parent = span.parent
-        out.kind = span.kind
-        out.status = status
-        out.start_time = span.start_time
-        out.end_time = span.end_time
+        out: RequestExportSpan = _filled(
+            _new_export_span(RequestExportSpan), span, clean_name, status
+        )
         out.shared = shared
         out.own = own
         out.events = []
         out.links = []
-        out.resource = span.resource
-        out.instrumentation_scope = span.instrumentation_scope
         return out
 
     def _name(self, name: str) -> str:

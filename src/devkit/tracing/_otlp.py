@@ -111,6 +111,23 @@ _STATUS_FIELD = {
 }
 
 
+def _ids(ctx: Any, parent: Any) -> list[bytes]:
+    """A span's first fields: trace id, span id, trace state, parent span id."""
+    out = [
+        b"\x0a\x10",
+        ctx.trace_id.to_bytes(16, "big"),
+        b"\x12\x08",
+        ctx.span_id.to_bytes(8, "big"),
+    ]
+    state = ctx.trace_state
+    if state:
+        out.append(_field(b"\x1a", ",".join(f"{k}={v}" for k, v in state.items()).encode()))
+    if parent:
+        out.append(b"\x22\x08")
+        out.append(parent.span_id.to_bytes(8, "big"))
+    return out
+
+
 class _Encoder:
     """Keeps the caches; one per exporter (used by its export thread only)."""
 
@@ -249,18 +266,7 @@ class _Encoder:
                 cid.encode(),
                 self._pairs(b"\x4a", islice(own.items(), 1, None)),
             )
-        out = [
-            b"\x0a\x10",
-            ctx.trace_id.to_bytes(16, "big"),
-            b"\x12\x08",
-            ctx.span_id.to_bytes(8, "big"),
-        ]
-        state = ctx.trace_state
-        if state:
-            out.append(_field(b"\x1a", ",".join(f"{k}={v}" for k, v in state.items()).encode()))
-        if parent:
-            out.append(b"\x22\x08")
-            out.append(parent.span_id.to_bytes(8, "big"))
+        out = _ids(ctx, parent)
         out.append(entry[1])
         if span.start_time:
             out.append(b"\x39" + _pack_u64(span.start_time))
@@ -275,20 +281,8 @@ class _Encoder:
     def span(self, span: Any) -> bytes:
         if type(span) is RequestExportSpan:
             return self._request_span(span)
-        ctx = span.context
         parent = span.parent
-        out = [
-            b"\x0a\x10",
-            ctx.trace_id.to_bytes(16, "big"),
-            b"\x12\x08",
-            ctx.span_id.to_bytes(8, "big"),
-        ]
-        state = ctx.trace_state
-        if state:
-            out.append(_field(b"\x1a", ",".join(f"{k}={v}" for k, v in state.items()).encode()))
-        if parent:
-            out.append(b"\x22\x08")
-            out.append(parent.span_id.to_bytes(8, "big"))
+        out = _ids(span.context, parent)
         name = span.name
         if name:
             # Span names come from a small set (a method and a route template).
