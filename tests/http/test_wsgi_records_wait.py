@@ -189,6 +189,31 @@ def test_a_request_counted_in_its_batch_links_its_kept_trace(
     assert trace_id == "%032x" % spans[-1].context.trace_id  # the batch's last request
 
 
+def test_a_waiting_request_keeps_no_server_object_alive() -> None:
+    """The environ holds the server's objects (socket, parser, body): a request whose
+    books wait keeps only what its span reads, plain text the garbage collector does not
+    track, so waiting requests do not bring on full collections."""
+    import gc
+    import io
+
+    devkit.init(sample_success_ratio=0.0)
+    app = devkit.wsgi(_app)
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/a/200",
+        "HTTP_USER_AGENT": "ua",
+        "wsgi.input": io.BytesIO(b""),
+    }
+    body = app(environ, lambda status, headers, exc_info=None: None)
+    list(body)
+    body.close()
+    (waiting,) = _core()._records
+    assert waiting.source is not environ and "wsgi.input" not in waiting.source
+    assert waiting.source["HTTP_USER_AGENT"] == "ua"
+    assert gc.is_tracked(environ) and not gc.is_tracked(waiting.source)
+    _core().flush_pending()
+
+
 def test_multiprocess_counts_are_not_left_to_a_batch(tmp_path: Any) -> None:
     # A worker killed before its batch would lose them: the files outlive it.
     from prometheus_client import CollectorRegistry

@@ -301,6 +301,12 @@ def _detail_source(source: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return {key: source[key] for key in keys if key in source}
 
 
+def _environ_details(environ: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`_detail_source` of an environ, every key present (None when absent), read
+    in one pass of C calls: for every WSGI request whose books wait (see ``_books``)."""
+    return dict(zip(_ENVIRON_DETAIL_KEYS, map(environ.get, _ENVIRON_DETAIL_KEYS), strict=True))
+
+
 def _detail_headers(headers: Any) -> tuple[tuple[str, int], ...] | None:
     """The part of the response's headers the span's attributes are read from: its
     length (a kept span waits for export; the headers list and its pairs need not)."""
@@ -866,6 +872,13 @@ class Core:
 
         records = self._records
         if waits and (span is not None or self.logs is not None or self._count_later):
+            source = req.source
+            if span is not None and source is not None:
+                # The environ holds the server's objects for the request (its socket,
+                # parser, body): kept alive until the batch they would survive young
+                # collections, be promoted, and bring on full ones. Only what the span
+                # reads waits.
+                req.source = _environ_details(source)
             req.counted = not self._count_later
             if req.counted and self.metrics is not None:
                 self.metrics.observe(req)
@@ -888,8 +901,9 @@ class Core:
         if exc is not None:  # a kept span holds the record until export: not the traceback
             req.exc = None
 
-    def _end_span(self, req: Request, span: ServerSpan) -> bool:
-        """End the request's span (its tail decision); True when the trace is kept."""
+    def _end_span(self, req: Request, span: ServerSpan, *, waited: bool = False) -> bool:
+        """End the request's span (its tail decision); True when the trace is kept.
+        ``waited``: its books waited, and its source is what the span reads already."""
         end = span.start_time + int(req.duration * 1e9)
         kept = self.server_spans.end_request(span, end)  # type: ignore[union-attr]
         if not kept:
@@ -900,7 +914,8 @@ class Core:
             # A kept span waits in the export queue (for as long as a collector is away):
             # it keeps only what its attributes are read from, not the scope with the
             # app's objects in it, nor the response's headers list.
-            req.source = _detail_source(req.source)
+            if not waited:
+                req.source = _detail_source(req.source)
             req.response_headers = _detail_headers(req.response_headers)
             if self.exemplars:
                 req.exemplar = "%032x" % req.trace_id
@@ -915,7 +930,7 @@ class Core:
             kept = False
             if span is not None:
                 req.span = None
-                kept = self._end_span(req, span)
+                kept = self._end_span(req, span, waited=True)
             metrics = self.metrics
             if metrics is not None:
                 if not req.counted:
