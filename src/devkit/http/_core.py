@@ -837,9 +837,10 @@ class Core:
 
     def _books(self, req: Request, record_waits: bool = False, *, in_batch: bool = False) -> None:
         """Derive the record's outcome, then hand it to the span, the metrics, the log
-        (``record_waits``: the access record of a request without an error waits, see
-        :meth:`finish_copied`; ``in_batch``: it waits for the end of the batch of books
-        :meth:`flush_pending` does, whose records are written together)."""
+        (``record_waits``: the span's end, metrics and access record of a request without
+        an error wait, see :meth:`finish_copied`; ``in_batch``: the access record waits for
+        the end of the batch of books :meth:`flush_pending` does, whose records are
+        written together)."""
         req.duration = req.end - req.start
         exc = req.exc
         status = req.status
@@ -856,8 +857,8 @@ class Core:
         req.status = status
         req.error = error
 
-        # A WSGI request without an error leaves its span's end and its access record to
-        # wait (see finish_copied); its metrics are counted now.
+        # A WSGI request without an error leaves its span's end, its metrics and its
+        # access record to wait (see finish_copied).
         waits = record_waits and not error and exc is None
         span = req.span
         if error:
@@ -873,12 +874,12 @@ class Core:
         records = self._records
         if waits and (span is not None or self.logs is not None or self._count_later):
             source = req.source
-            if span is not None and source is not None:
+            if source is not None:
                 # The environ holds the server's objects for the request (its socket,
                 # parser, body): kept alive until the batch they would survive young
                 # collections, be promoted, and bring on full ones. Only what the span
                 # reads waits.
-                req.source = _environ_details(source)
+                req.source = _environ_details(source) if span is not None else None
             req.counted = not self._count_later
             if req.counted and self.metrics is not None:
                 self.metrics.observe(req)
