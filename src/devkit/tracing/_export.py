@@ -230,12 +230,12 @@ class BatchExporter(BatchQueue):
         try:
             if redact is None:
                 exported = ExportSpan(span, dict(span.attributes or {}), list(span.events))
-            elif self._plain_spans and own is not None:
-                parts = span.request_parts(redact)  # type: ignore[attr-defined]
-                if parts is not None:
-                    return self._request_span(span, redact, *parts)
-                exported = self._redacted(span, redact, own)
             else:
+                parts = None
+                if self._plain_spans and own is not None and not span.status.description:
+                    parts = span.request_parts(redact)  # type: ignore[attr-defined]
+                if parts is not None:
+                    return self._request_span(span, *parts)
                 exported = self._redacted(span, redact, own)
         except Exception as exc:
             _errors.report("exporter", "redaction_failed", detail=str(exc))
@@ -271,19 +271,16 @@ class BatchExporter(BatchQueue):
         return out
 
     def _request_span(
-        self, span: Any, redact: Redact, shared: dict[str, Any], own: dict[str, Any]
-    ) -> RequestExportSpan | ExportSpan:
+        self, span: Any, shared: dict[str, Any], own: dict[str, Any]
+    ) -> RequestExportSpan:
         """A request span's export with its attributes in two parts (redacted by
-        ``request_parts``); with a status description, an ordinary :class:`ExportSpan`."""
-        status = span.status
-        if status.description:
-            return self._redacted(span, redact, span.redacted_attributes)
+        ``request_parts``; its status has no description to redact)."""
         name = span.name
         clean_name = self._names.get(name)
         if clean_name is None:
             clean_name = self._name(name)
         out: RequestExportSpan = _filled(
-            _new_export_span(RequestExportSpan), span, clean_name, status
+            _new_export_span(RequestExportSpan), span, clean_name, span.status
         )
         out.shared = shared
         out.own = own
