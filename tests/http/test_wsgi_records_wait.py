@@ -189,6 +189,34 @@ def test_a_request_counted_in_its_batch_links_its_kept_trace(
     assert trace_id == "%032x" % spans[-1].context.trace_id  # the batch's last request
 
 
+def test_a_batch_whose_spans_fail_to_end_together_ends_them_one_by_one(
+    devkit_spans: CapturedSpans, devkit_logs: CapturedLogs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _errors.set_strict(False)  # the failure is counted, not raised
+    devkit.init(sample_success_ratio=1.0)
+    factory = _core().server_spans
+    assert factory is not None
+
+    def fail(spans: Any) -> list[bool]:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(factory, "end_requests", fail)
+    app = devkit.wsgi(_app)
+    for i in range(3):
+        _call(app, f"/f{i}/200")
+    _core().flush_pending()
+    # Nothing is lost: each span ended, was kept and exported, each request was counted
+    # with its trace's exemplar and logged; the failure was counted.
+    assert len(devkit_spans.spans) == 3
+    labels = {"method": "GET", "route": "<unmatched>", "status_code": "200"}
+    assert REGISTRY.get_sample_value("http_requests_total", labels) == 3.0
+    assert _exemplar("http_requests_total", labels) == (
+        "%032x" % devkit_spans.spans[-1].context.trace_id
+    )
+    assert len(_access(devkit_logs)) == 3
+    assert _errors.counts().get(("middleware", "finish_failed"), 0) >= 1
+
+
 def test_a_waiting_request_keeps_no_server_object_alive() -> None:
     """The environ holds the server's objects (socket, parser, body): a request whose
     books wait keeps only what its span reads, plain text the garbage collector does not

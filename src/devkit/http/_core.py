@@ -38,7 +38,7 @@ from devkit.http._endpoints import Endpoints
 from devkit.http._timer import FlushTimer
 from devkit.logs import MAX_LOGGED_PATH, LogPipeline, redact_query
 from devkit.metrics import STANDARD_METHODS, RedMetrics
-from devkit.tracing._span import ServerSpan
+from devkit.tracing._span import ServerSpan, ServerSpanFactory
 from devkit.tracing.propagation import extract
 from devkit.tracing.provider import Tracing
 from devkit.tracing.sampling import UNSET_STATUS
@@ -713,9 +713,36 @@ class Core:
         caches, as the ASGI adapter's batched books do.
         """
         try:
-            req.end = _perf_counter()
+            req.end = end = _perf_counter()
             req.route = route if route is not None else UNMATCHED_ROUTE
-            self._books(req, True)
+            span = req.span
+            if (
+                req.exc is None
+                and 100 <= req.status < 500
+                and (span is not None or self.logs is not None or self._count_later)
+            ):
+                # The outcome _books derives, for a request without an error; what
+                # waits of it is only what the span reads: the environ holds the
+                # server's objects for the request (its socket, parser, body), which,
+                # kept alive until the batch, would survive young collections, be
+                # promoted, and bring on full ones.
+                req.duration = end - req.start
+                req.error = False
+                req.error_type = None
+                source = req.source
+                if source is not None:
+                    req.source = _environ_details(source) if span is not None else None
+                counted = req.counted = not self._count_later
+                if counted and self.metrics is not None:
+                    self.metrics.observe(req)
+                records = self._records
+                records.append(req)
+                if len(records) >= RECORD_BATCH:
+                    self.flush_records()
+                elif not self._record_timer.running:
+                    self._record_timer.start()
+            else:
+                self._books(req)
         except Exception as error:
             _errors.report("middleware", "finish_failed", error)
         finally:
@@ -784,9 +811,26 @@ class Core:
         with self._pending_lock:
             records: list[Request] = []
             self._drain(self._records, records.append)
-            books = self._waiting_books
+            try:
+                if self.server_spans is not None:
+                    self._end_waiting_spans(records, self.server_spans)
+            except Exception as error:
+                _errors.report("middleware", "finish_failed", error)
+            # Then each request is counted, with the exemplar of a kept trace, or, when a
+            # read of the registry counted it already, linked to the kept trace.
+            metrics = self.metrics
             for req in records:
-                books(req)
+                if req.span is not None:  # left open by a failure above
+                    self._end_waiting_span(req)
+                if metrics is not None:
+                    try:
+                        if not req.counted:
+                            req.counted = True
+                            metrics.observe(req)
+                        elif req.exemplar is not None:  # counted before its trace was kept
+                            metrics.add_exemplar(req)
+                    except Exception as error:
+                        _errors.report("middleware", "finish_failed", error)
             if self.logs is not None:  # else the access log is off (or was switched off)
                 self.logs.access_many(records)
 
@@ -835,12 +879,10 @@ class Core:
         except ValueError:
             pass
 
-    def _books(self, req: Request, record_waits: bool = False, *, in_batch: bool = False) -> None:
+    def _books(self, req: Request, *, in_batch: bool = False) -> None:
         """Derive the record's outcome, then hand it to the span, the metrics, the log
-        (``record_waits``: the span's end, metrics and access record of a request without
-        an error wait, see :meth:`finish_copied`; ``in_batch``: the access record waits for
-        the end of the batch of books :meth:`flush_pending` does, whose records are
-        written together)."""
+        (``in_batch``: the access record waits for the end of the batch of books
+        :meth:`flush_pending` does, whose records are written together)."""
         req.duration = req.end - req.start
         exc = req.exc
         status = req.status
@@ -856,39 +898,18 @@ class Core:
             status = 500 if error else 499
         req.status = status
         req.error = error
-
-        # A WSGI request without an error leaves its span's end, its metrics and its
-        # access record to wait (see finish_copied).
-        waits = record_waits and not error and exc is None
         span = req.span
         if error:
             req.error_type = _errors.type_name(exc) if exc is not None else str(status)
         else:
             req.error_type = None
-        if span is not None and not waits:
+        if span is not None:
             req.span = None  # the span keeps the record, not the other way round
             if exc is not None and error:
                 span.record_exception(exc)
             self._end_span(req, span)
 
         records = self._records
-        if waits and (span is not None or self.logs is not None or self._count_later):
-            source = req.source
-            if source is not None:
-                # The environ holds the server's objects for the request (its socket,
-                # parser, body): kept alive until the batch they would survive young
-                # collections, be promoted, and bring on full ones. Only what the span
-                # reads waits.
-                req.source = _environ_details(source) if span is not None else None
-            req.counted = not self._count_later
-            if req.counted and self.metrics is not None:
-                self.metrics.observe(req)
-            records.append(req)
-            if len(records) >= RECORD_BATCH:
-                self.flush_records()
-            elif not self._record_timer.running:
-                self._record_timer.start()
-            return
         if self.metrics is not None:
             self.metrics.observe(req)
         if self.logs is not None:
@@ -922,23 +943,34 @@ class Core:
                 req.exemplar = "%032x" % req.trace_id
         return kept
 
-    def _waiting_books(self, req: Request) -> None:
-        """The books of a WSGI request that waited: end its span, then count it (with the
-        exemplar of a kept trace), or, when it was counted already, link its metrics to
-        the kept trace. Never raises."""
-        try:
+    def _end_waiting_spans(self, records: list[Request], factory: ServerSpanFactory) -> None:
+        """End the spans of requests whose books waited, their tail decisions taken
+        together (``_end_span`` for a batch)."""
+        ended: list[Request] = []
+        spans: list[tuple[ServerSpan, int]] = []
+        for req in records:
             span = req.span
-            kept = False
             if span is not None:
-                req.span = None
-                kept = self._end_span(req, span, waited=True)
-            metrics = self.metrics
-            if metrics is not None:
-                if not req.counted:
-                    req.counted = True
-                    metrics.observe(req)
-                elif kept and req.exemplar is not None:
-                    metrics.add_exemplar(req)
+                ended.append(req)
+                spans.append((span, span.start_time + int(req.duration * 1e9)))
+        if not spans:
+            return
+        exemplars = self.exemplars
+        for req, kept in zip(ended, factory.end_requests(spans), strict=True):
+            req.span = None
+            if not kept:
+                req.source = req.response_headers = None
+            else:
+                req.response_headers = _detail_headers(req.response_headers)
+                if exemplars:
+                    req.exemplar = "%032x" % req.trace_id
+
+    def _end_waiting_span(self, req: Request) -> None:
+        """End the span of one request whose books waited. Never raises."""
+        span = req.span
+        try:
+            req.span = None
+            self._end_span(req, span, waited=True)  # type: ignore[arg-type]
         except Exception as error:
             _errors.report("middleware", "finish_failed", error)
 

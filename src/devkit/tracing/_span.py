@@ -98,6 +98,13 @@ def _ended_unknown(on_end: Callable[[Any], None]) -> Callable[..., bool]:
     return on_root_end
 
 
+def _one_by_one(on_root_end: Callable[..., bool]) -> Callable[[Any], list[bool]]:
+    def on_root_ends(roots: Any) -> list[bool]:
+        return [on_root_end(span, False, trace_id, sampled) for span, trace_id, sampled in roots]
+
+    return on_root_ends
+
+
 def _valid_value(value: object) -> bool:
     if isinstance(value, _SCALARS):
         return True
@@ -384,6 +391,7 @@ class ServerSpanFactory:
         resource: Callable[[], Resource],
         on_end: Callable[[Any], None],
         on_root_end: Callable[..., bool] | None = None,
+        on_root_ends: Callable[[Any], list[bool]] | None = None,
     ) -> None:
         self._bound = ratio_bound(ratio)
         self._new_context = _compat.span_context_factory()
@@ -393,6 +401,9 @@ class ServerSpanFactory:
         #: Called with (span, error, trace id, sampled) when a request's span ends;
         #: returns "kept".
         self.on_root_end = on_root_end or _ended_unknown(on_end)
+        #: Called with [(span, trace id, sampled), ...] for request spans that ended
+        #: without an error the middleware saw; returns "kept" for each.
+        self.on_root_ends = on_root_ends or _one_by_one(self.on_root_end)
         #: Redacted request span attributes but the correlation id and the numbers, by
         #: what they are read from, for the ``redact`` they were redacted with.
         self._attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -511,6 +522,33 @@ class ServerSpanFactory:
         return self.on_root_end(
             span, request.error_type is not None, request.trace_id, span.sampled
         )
+
+    def end_requests(self, spans: Sequence[tuple[ServerSpan, int]]) -> list[bool]:
+        """:meth:`end_request` for request spans given with their end times, whose
+        requests ended without an error (their books waited, ``Core.finish_copied``):
+        their tail decisions in one call. Returns whether each trace is kept."""
+        roots: list[tuple[ServerSpan, int, bool]] = []
+        ended: list[bool | None] | None = None  # when some had ended already
+        for span, end_time in spans:
+            if span.end_time is not None:
+                if ended is None:
+                    ended = [None] * len(roots)
+                ended.append(bool(span.kept))
+                continue
+            request = span._request
+            assert request is not None, "end_requests is for spans start_request began"
+            if span.name is request.method_label:  # not renamed by the app (update_name)
+                span.name = f"{span.name} {request.route}"
+            span._finished = True
+            span.end_time = end_time
+            roots.append((span, request.trace_id, span.sampled))
+            if ended is not None:
+                ended.append(None)
+        kept = self.on_root_ends(roots) if roots else []
+        if ended is None:
+            return kept
+        decided = iter(kept)
+        return [next(decided) if keep is None else keep for keep in ended]
 
     def _context(self, parent: SpanContext | None) -> SpanContext:
         if parent is not None and parent.is_valid:

@@ -258,6 +258,7 @@ def build_tracing(
             resource=lambda: provider.resource,
             on_end=processor.on_end,
             on_root_end=processor.on_root_end,
+            on_root_ends=processor.on_root_ends,
         ),
         processor=processor,
         exporter=batch,

@@ -282,6 +282,59 @@ class TailSamplingProcessor(SpanProcessor):
             self._export(to_export)
         return keep
 
+    def on_root_ends(self, roots: Sequence[tuple[ReadableSpan, int, bool]]) -> list[bool]:
+        """:meth:`on_root_end` for request spans that ended without an error the
+        middleware saw, given as (span, trace id, sampled), in the order they ended: one
+        lock and one hand-over to the exporter for them all. Returns whether each trace
+        is kept.
+
+        The common case is :meth:`_decide_root` written out for a span whose status is
+        the only error it can show; the rest goes the way ``on_root_end`` takes it.
+        """
+        if self._collector_mode:
+            self._export([span for span, _, _ in roots])
+            return [False] * len(roots)
+        kept: list[bool] = []
+        to_export: list[ReadableSpan] = []
+        slow_ns = self._slow_ns
+        decided, watched, downstream = self._decided, self._watched, self._downstream
+        decided_here = 0
+        with self._lock:
+            for span, trace_id, sampled in roots:
+                status = span.status
+                error = status is not UNSET_STATUS and status.status_code is StatusCode.ERROR
+                if self._pending or trace_id in decided or trace_id in watched:
+                    keep, more = self._root_end_locked(span, trace_id, error)
+                    if more:
+                        to_export.extend(more)
+                else:
+                    if error:
+                        decision = "kept_error"
+                    elif span.end_time - span.start_time >= slow_ns:  # type: ignore[operator]
+                        decision = "kept_slow"
+                    elif sampled:
+                        decision = "kept_sampled"
+                    elif downstream and trace_id in downstream:
+                        decision = "kept_downstream"
+                    else:
+                        decision = "dropped"
+                    if downstream:
+                        downstream.pop(trace_id, None)
+                    decisions = self._decisions
+                    decisions[decision] = decisions.get(decision, 0) + 1
+                    decided_here += 1
+                    keep = decision != "dropped"
+                    if keep:
+                        to_export.append(span)
+                span.kept = keep  # type: ignore[attr-defined]
+                kept.append(keep)
+            self._uncounted += decided_here
+            if self._uncounted >= _COUNT_BATCH:
+                self._flush_counts_locked()
+        if to_export:
+            self._export(to_export)
+        return kept
+
     def _root_end_locked(
         self, span: ReadableSpan, trace_id: int, error: bool
     ) -> tuple[bool, list[ReadableSpan] | None]:
