@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import flask
+import pytest
 import structlog
 from prometheus_client import REGISTRY
 
@@ -238,3 +239,61 @@ def test_a_body_the_server_never_closes_finishes_when_it_is_freed(
     closed.close()  # type: ignore[attr-defined]
     assert count("http_requests_in_progress", method="GET") == 0
     assert len(devkit_logs.find(message="request completed", path="/unclosed")) == 2
+
+
+def test_a_body_stepped_in_every_way_a_server_steps_it(devkit_logs: CapturedLogs) -> None:
+    """Iterated to its end, let go of early (the client went away), stepped with next()
+    without iter(), or failing half-way: each chunk is produced in the request's
+    context, and only the failure is recorded as one (under the status already sent)."""
+    seen: list[str | None] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        for i in range(3):
+            seen.append(_context.correlation_id.get())
+            if environ["PATH_INFO"] == "/fails" and i == 1:
+                raise RuntimeError("half-way")
+            yield b"x"
+
+    devkit.init()
+    wrapped = devkit.wsgi(app)
+
+    def call(path: str) -> Any:
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "HTTP_X_CORRELATION_ID": "cid" + path.replace("/", "-"),
+            "wsgi.url_scheme": "http",
+        }
+        return wrapped(environ, lambda status, headers, exc_info=None: None)
+
+    body = call("/whole")
+    assert b"".join(body) == b"xxx"
+    body.close()
+    body = call("/early")
+    steps = iter(body)
+    assert next(steps) == b"x"
+    del steps  # the server let go of its loop
+    body.close()
+    body = call("/next")
+    assert [next(body), next(body), next(body)] == [b"x"] * 3
+    with pytest.raises(StopIteration):
+        next(body)
+    body.close()
+    body = call("/fails")
+    with pytest.raises(RuntimeError):
+        list(body)
+    body.close()
+
+    assert seen == ["cid-whole"] * 3 + ["cid-early"] + ["cid-next"] * 3 + ["cid-fails"] * 2
+    records = {r["path"]: r for r in devkit_logs.find(message="request completed")}
+    assert {path: r["status_code"] for path, r in records.items()} == dict.fromkeys(
+        ("/whole", "/early", "/next", "/fails"), 200
+    )
+    assert {path: r["level"] for path, r in records.items()} == {
+        "/whole": "info",
+        "/early": "info",
+        "/next": "info",
+        "/fails": "error",
+    }
+    assert records["/fails"]["error"]["type"] == "RuntimeError"

@@ -123,9 +123,30 @@ class _Exchange:
         return self._start_response(status, headers)
 
     def __iter__(self) -> Iterator[bytes]:
-        return self
+        # A generator, not self: a server's loop resumes it in C, where a __next__
+        # method is a call into Python per chunk and raises StopIteration at the end.
+        return self._steps()
+
+    def _steps(self) -> Iterator[bytes]:
+        chunks = self._iter
+        if chunks is None:
+            chunks = self._iter = iter(self._body)
+        run = self._ctx.run
+        try:
+            while True:
+                # The default keeps StopIteration from unwinding through Context.run.
+                chunk = run(next, chunks, _END)
+                if chunk is _END:
+                    return
+                yield chunk  # type: ignore[misc]
+        except GeneratorExit:  # the server let go of the body before its end
+            raise
+        except BaseException as exc:
+            self._error = exc
+            raise
 
     def __next__(self) -> bytes:
+        """One chunk, for callers that step the body without ``iter``."""
         chunks = self._iter
         if chunks is None:
             chunks = self._iter = iter(self._body)
