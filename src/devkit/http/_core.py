@@ -819,18 +819,25 @@ class Core:
             # Then each request is counted, with the exemplar of a kept trace, or, when a
             # read of the registry counted it already, linked to the kept trace.
             metrics = self.metrics
+            uncounted: list[Request] = []
             for req in records:
                 if req.span is not None:  # left open by a failure above
                     self._end_waiting_span(req)
-                if metrics is not None:
+                if metrics is None:
+                    continue
+                if not req.counted:
+                    req.counted = True
+                    uncounted.append(req)
+                elif req.exemplar is not None:  # counted before its trace was kept
                     try:
-                        if not req.counted:
-                            req.counted = True
-                            metrics.observe(req)
-                        elif req.exemplar is not None:  # counted before its trace was kept
-                            metrics.add_exemplar(req)
+                        metrics.add_exemplar(req)
                     except Exception as error:
                         _errors.report("middleware", "finish_failed", error)
+            if uncounted:
+                try:
+                    metrics.observe_many(uncounted)  # type: ignore[union-attr]
+                except Exception as error:
+                    _errors.report("middleware", "finish_failed", error)
             if self.logs is not None:  # else the access log is off (or was switched off)
                 self.logs.access_many(records)
 
