@@ -19,7 +19,7 @@ from opentelemetry.trace import StatusCode
 import devkit
 from devkit.testing import CapturedSpans, MetricSamples
 from devkit.tracing.propagation import format_trace_metric, parse_trace_metric
-from devkit.tracing.sampling import TailSamplingProcessor
+from devkit.tracing.sampling import UNSET_STATUS, TailSamplingProcessor
 
 # -- the metric's grammar ---------------------------------------------------------------------
 
@@ -383,11 +383,27 @@ def test_trust_matches_names_suffixes_and_addresses() -> None:
     assert not responses.trusts(None)
 
 
-def test_the_request_paths_metric_is_the_reference_format() -> None:
-    """The middleware formats the metric in one bytes operation; the library function is
-    the reference."""
-    from devkit.http._core import _TRACE_METRIC
+@pytest.mark.parametrize(
+    ("trace_id", "span_id", "sampled"),
+    [(1, 2, False), (2**128 - 1, 2**64 - 1, True), (0xABC, 0xDEF, False), (2**127, 1, True)],
+)
+def test_the_request_paths_metric_is_the_reference_format(
+    trace_id: int, span_id: int, sampled: bool, devkit_spans: CapturedSpans
+) -> None:
+    """The middleware writes the metric its own way; the library function is the
+    reference."""
+    from types import SimpleNamespace
 
-    for trace_id, span_id, flags in [(1, 2, 0), (2**128 - 1, 2**64 - 1, 3), (0xABC, 0xDEF, 2)]:
-        expected = format_trace_metric(trace_id, span_id, flags).encode("ascii")
-        assert _TRACE_METRIC % (trace_id, span_id, flags) == expected
+    from devkit import _state
+    from devkit.http._core import Request
+
+    devkit.init(sample_success_ratio=0.0)
+    core = _state.core()
+    assert core is not None
+    req = Request()
+    req.trace_id, req.span_id, req.status, req.start = trace_id, span_id, 200, 1e12
+    req.span = SimpleNamespace(  # type: ignore[assignment]
+        context=(trace_id, span_id, False, 0x02), sampled=sampled, status=UNSET_STATUS
+    )
+    expected = format_trace_metric(trace_id, span_id, 0x02 | sampled)
+    assert core.server_timing(req) == expected

@@ -100,7 +100,7 @@ class ASGIMiddleware:
                 timing = core.server_timing(req) if core.trace_response else None
                 if timing is not None:
                     # A field of its own: the app's server-timing metrics stay as they are.
-                    headers.append((_SERVER_TIMING, timing))
+                    headers.append((_SERVER_TIMING, timing.encode("ascii")))
                 req.response_headers = message["headers"] = headers
             return send(message)
 

@@ -116,7 +116,7 @@ class _Exchange:
             timing = core.server_timing(req)
             if timing is not None:
                 # A field of its own: the app's server-timing metrics stay as they are.
-                headers.append(("Server-Timing", timing.decode("ascii")))
+                headers.append(("Server-Timing", timing))
         req.response_headers = headers
         if exc_info is not None:
             return self._start_response(status, headers, exc_info)

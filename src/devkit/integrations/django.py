@@ -63,8 +63,8 @@ class DevkitMiddleware:
         timing = core.server_timing(req) if core.trace_response else None
         if timing is not None:
             # Django keeps one value per header name: the metric joins the app's list.
-            own, metric = response.get("Server-Timing"), timing.decode("ascii")
-            response["Server-Timing"] = f"{own}, {metric}" if own else metric
+            own = response.get("Server-Timing")
+            response["Server-Timing"] = f"{own}, {timing}" if own else timing
         _log_response_in_context(request, response)
         req.status, req.exc = response.status_code, getattr(request, _EXC_ATTR, None)
         req.response_headers = getattr(response, "headers", None)
