@@ -154,6 +154,13 @@ class ObservedRequest(Protocol):
     in_progress: Any
 
 
+def _exemplars(trace_id: str, duration_s: float) -> tuple[Exemplar, Exemplar]:
+    """What ``inc(1, exemplar)`` and ``observe(duration_s, exemplar)`` store for a kept
+    trace, without re-validating a label devkit wrote (a 32-hex trace id)."""
+    labels, now = {"trace_id": trace_id}, time.time()
+    return Exemplar(labels, 1, now), Exemplar(labels, duration_s, now)
+
+
 def _series_key(name: str, labels: dict[str, str]) -> str:
     return name + "|" + "|".join(f"{k}={labels[k]}" for k in sorted(labels))
 
@@ -349,10 +356,7 @@ class RedMetrics:
             # devkit write to these values holds it (docs/benchmarks.md#red-metrics).
             kept = None
             if trace_id is not None:
-                # What inc(1, exemplar) and observe(duration, exemplar) store, without
-                # re-validating a label devkit wrote (a 32-hex trace id).
-                labels, now = {"trace_id": trace_id}, time.time()
-                kept = (Exemplar(labels, 1, now), Exemplar(labels, duration_s, now))
+                kept = _exemplars(trace_id, duration_s)
             with self._lock:
                 plain(duration_s, kept)
                 if live is not None and started is not None:
@@ -401,8 +405,7 @@ class RedMetrics:
                 trace_id = request.exemplar
                 kept = None
                 if trace_id is not None:
-                    labels, now = {"trace_id": trace_id}, time.time()
-                    kept = (Exemplar(labels, 1, now), Exemplar(labels, duration_s, now))
+                    kept = _exemplars(trace_id, duration_s)
                 plain(duration_s, kept)
                 started = request.in_progress
                 if live is not None and started is not None:
@@ -429,13 +432,9 @@ class RedMetrics:
         if children is None:
             children = self._new_children(method, route, str(status_code))
         duration_s = request.duration
-        labels, now = {"trace_id": trace_id}, time.time()
         with self._lock:
             _compat.set_exemplars(
-                children[0],
-                children[1],
-                duration_s,
-                (Exemplar(labels, 1, now), Exemplar(labels, duration_s, now)),
+                children[0], children[1], duration_s, _exemplars(trace_id, duration_s)
             )
         if self.multiprocess:
             self._record_multiprocess_exemplars(method, route, status_code, duration_s, trace_id)

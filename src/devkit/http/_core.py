@@ -827,8 +827,9 @@ class Core:
             metrics = self.metrics
             uncounted: list[Request] = []
             for req in records:
-                if req.span is not None:  # left open by a failure above
-                    self._end_waiting_span(req)
+                span = req.span
+                if span is not None:  # left open by a failure above
+                    self._end_waiting_span(req, span)
                 if metrics is None:
                     continue
                 if not req.counted:
@@ -839,9 +840,9 @@ class Core:
                         metrics.add_exemplar(req)
                     except Exception as error:
                         _errors.report("middleware", "finish_failed", error)
-            if uncounted:
+            if metrics is not None and uncounted:
                 try:
-                    metrics.observe_many(uncounted)  # type: ignore[union-attr]
+                    metrics.observe_many(uncounted)
                 except Exception as error:
                     _errors.report("middleware", "finish_failed", error)
             if self.logs is not None:  # else the access log is off (or was switched off)
@@ -946,15 +947,19 @@ class Core:
             # must not hold on to the scope, a large graph.
             req.source = req.response_headers = None
         else:
-            # A kept span waits in the export queue (for as long as a collector is away):
-            # it keeps only what its attributes are read from, not the scope with the
-            # app's objects in it, nor the response's headers list.
-            if not waited:
-                req.source = _detail_source(req.source)
-            req.response_headers = _detail_headers(req.response_headers)
-            if self.exemplars:
-                req.exemplar = req.trace_id.to_bytes(16, "big").hex()
+            self._kept(req, waited)
         return kept
+
+    def _kept(self, req: Request, waited: bool) -> None:
+        """A kept span waits in the export queue (for as long as a collector is away): it
+        keeps only what its attributes are read from, not the scope with the app's
+        objects in it, nor the response's headers list (``waited``: the source is that
+        already). Its trace's id becomes the request's exemplar."""
+        if not waited:
+            req.source = _detail_source(req.source)
+        req.response_headers = _detail_headers(req.response_headers)
+        if self.exemplars:
+            req.exemplar = req.trace_id.to_bytes(16, "big").hex()
 
     def _end_waiting_spans(self, records: list[Request], factory: ServerSpanFactory) -> None:
         """End the spans of requests whose books waited, their tail decisions taken
@@ -968,22 +973,18 @@ class Core:
                 spans.append((span, span.start_time + int(req.duration * 1e9)))
         if not spans:
             return
-        exemplars = self.exemplars
         for req, kept in zip(ended, factory.end_requests(spans), strict=True):
             req.span = None
-            if not kept:
+            if not kept:  # as in _end_span
                 req.source = req.response_headers = None
             else:
-                req.response_headers = _detail_headers(req.response_headers)
-                if exemplars:
-                    req.exemplar = req.trace_id.to_bytes(16, "big").hex()
+                self._kept(req, True)
 
-    def _end_waiting_span(self, req: Request) -> None:
+    def _end_waiting_span(self, req: Request, span: ServerSpan) -> None:
         """End the span of one request whose books waited. Never raises."""
-        span = req.span
         try:
             req.span = None
-            self._end_span(req, span, waited=True)  # type: ignore[arg-type]
+            self._end_span(req, span, waited=True)
         except Exception as error:
             _errors.report("middleware", "finish_failed", error)
 

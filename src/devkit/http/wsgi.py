@@ -147,18 +147,7 @@ class _Exchange:
 
     def __next__(self) -> bytes:
         """One chunk, for callers that step the body without ``iter``."""
-        chunks = self._iter
-        if chunks is None:
-            chunks = self._iter = iter(self._body)
-        try:
-            # The default keeps StopIteration from unwinding through Context.run.
-            chunk = self._ctx.run(next, chunks, _END)
-        except BaseException as exc:
-            self._error = exc
-            raise
-        if chunk is _END:
-            raise StopIteration
-        return chunk  # type: ignore[return-value]
+        return next(self._steps())
 
     def close(self) -> None:
         if self._done:

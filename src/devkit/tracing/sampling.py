@@ -286,19 +286,13 @@ class TailSamplingProcessor(SpanProcessor):
         """:meth:`on_root_end` for request spans that ended without an error the
         middleware saw, given as (span, trace id, sampled), in the order they ended: one
         lock and one hand-over to the exporter for them all. Returns whether each trace
-        is kept.
-
-        The common case is :meth:`_decide_root` written out for a span whose status is
-        the only error it can show; the rest goes the way ``on_root_end`` takes it.
-        """
+        is kept."""
         if self._collector_mode:
             self._export([span for span, _, _ in roots])
             return [False] * len(roots)
         kept: list[bool] = []
         to_export: list[ReadableSpan] = []
-        slow_ns = self._slow_ns
-        decided, watched, downstream = self._decided, self._watched, self._downstream
-        decided_here = 0
+        decided, watched = self._decided, self._watched
         with self._lock:
             for span, trace_id, sampled in roots:
                 status = span.status
@@ -307,28 +301,12 @@ class TailSamplingProcessor(SpanProcessor):
                     keep, more = self._root_end_locked(span, trace_id, error)
                     if more:
                         to_export.extend(more)
-                else:
-                    if error:
-                        decision = "kept_error"
-                    elif span.end_time - span.start_time >= slow_ns:  # type: ignore[operator]
-                        decision = "kept_slow"
-                    elif sampled:
-                        decision = "kept_sampled"
-                    elif downstream and trace_id in downstream:
-                        decision = "kept_downstream"
-                    else:
-                        decision = "dropped"
-                    if downstream:
-                        downstream.pop(trace_id, None)
-                    decisions = self._decisions
-                    decisions[decision] = decisions.get(decision, 0) + 1
-                    decided_here += 1
-                    keep = decision != "dropped"
+                else:  # the common case, as in on_root_end
+                    keep = self._decide_root(span, error, sampled, trace_id)
                     if keep:
                         to_export.append(span)
                 span.kept = keep  # type: ignore[attr-defined]
                 kept.append(keep)
-            self._uncounted += decided_here
             if self._uncounted >= _COUNT_BATCH:
                 self._flush_counts_locked()
         if to_export:
