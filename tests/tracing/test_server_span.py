@@ -248,3 +248,22 @@ def test_a_source_value_that_cannot_be_a_key_is_read_afresh() -> None:
     assert list(got.items()) == list(redact(span.attributes).items())
     assert got["server.address"] == "a" and "server.port" not in got
     assert not spans._attributes
+
+
+def test_an_environs_details_give_the_attributes_the_environ_gives() -> None:
+    """A WSGI request whose books wait keeps only its environ's details, as a tuple
+    (``_environ_details``): its span's attributes are those the whole environ gives."""
+    from devkit.http._core import _environ_details
+
+    for i in range(8):
+        environ = {k: v for k, v in _environ(i, i % 4).items() if v is not None}
+        environ["wsgi.input"] = object()  # a server's object: not among the details
+        got = []
+        for source in (environ, _environ_details(environ)):
+            spans, _ = factory(1.0)
+            span = start_request(spans, "GET", "/a", f"cid-{i}")
+            record(span).source = source
+            end_request(spans, span, "/a", 200)
+            got.append(dict(span.attributes))
+        assert got[0] == got[1]
+        assert got[0]["user_agent.original"] == environ["HTTP_USER_AGENT"]

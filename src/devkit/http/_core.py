@@ -213,8 +213,9 @@ class Request:
         numbers: dict[str, int] = {}
         if source is None:
             return (), numbers
-        values = _detail_source(source) if "REQUEST_METHOD" in source else source
-        if type(values) is tuple:
+        if type(source) is not tuple and "REQUEST_METHOD" in source:
+            source = _environ_details(cast(Environ, source))
+        if type(source) is tuple:
             (
                 _,
                 protocol,
@@ -228,7 +229,7 @@ class Request:
                 forwarded_for,
                 user_agent,
                 length,
-            ) = values
+            ) = source
             key: tuple[Any, ...] = (
                 self.query,
                 forwarded,
@@ -321,8 +322,8 @@ def _detail_source(source: Source | None) -> Source | None:
 def _environ_details(environ: Mapping[str, Any]) -> tuple[Any, ...]:
     """:func:`_detail_source` of an environ: the values of ``_ENVIRON_DETAIL_KEYS`` (None
     when absent), in their order. A tuple of strings, not a dict: built for every WSGI
-    request whose books wait (see ``finish_copied``), at a third of a dict's cost, and
-    not tracked by the garbage collector while it waits."""
+    request whose books wait (see ``finish_copied``), at a third of a dict's cost; the
+    garbage collector stops tracking it at its first look."""
     return tuple(map(environ.get, _ENVIRON_DETAIL_KEYS))
 
 
