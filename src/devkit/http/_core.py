@@ -321,9 +321,9 @@ def _detail_source(source: Source | None) -> Source | None:
 
 def _environ_details(environ: Mapping[str, Any]) -> tuple[Any, ...]:
     """:func:`_detail_source` of an environ: the values of ``_ENVIRON_DETAIL_KEYS`` (None
-    when absent), in their order. A tuple of strings, not a dict: built for every WSGI
-    request whose books wait (see ``finish_copied``), at a third of a dict's cost; the
-    garbage collector stops tracking it at its first look."""
+    when absent), in their order. A tuple of strings, not a dict: it is built for every
+    WSGI request whose books wait (see ``finish_copied``), a tuple is the cheaper of the
+    two to build, and the garbage collector stops tracking it at its first look."""
     return tuple(map(environ.get, _ENVIRON_DETAIL_KEYS))
 
 
