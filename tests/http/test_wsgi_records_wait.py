@@ -217,28 +217,37 @@ def test_a_batch_whose_spans_fail_to_end_together_ends_them_one_by_one(
     assert _errors.counts().get(("middleware", "finish_failed"), 0) >= 1
 
 
+def _wait_one(environ: dict[str, Any]) -> Any:
+    """Serve one request whose books wait; its waiting record."""
+    app = devkit.wsgi(_app)
+    body = app(environ, lambda status, headers, exc_info=None: None)
+    list(body)
+    body.close()
+    (waiting,) = _core()._records
+    return waiting
+
+
+def _environ(path: str = "/a/200") -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "HTTP_USER_AGENT": "ua",
+        "wsgi.input": io.BytesIO(b""),
+    }
+
+
 def test_a_waiting_request_keeps_no_server_object_alive() -> None:
     """The environ holds the server's objects (socket, parser, body): a request whose
     books wait keeps only what its span reads, in a tuple of plain text the garbage
     collector untracks at its first look, so waiting requests are not promoted to older
     generations and do not bring on full collections."""
     import gc
-    import io
 
     from devkit.http._core import _ENVIRON_DETAIL_KEYS
 
-    devkit.init(sample_success_ratio=0.0)
-    app = devkit.wsgi(_app)
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/a/200",
-        "HTTP_USER_AGENT": "ua",
-        "wsgi.input": io.BytesIO(b""),
-    }
-    body = app(environ, lambda status, headers, exc_info=None: None)
-    list(body)
-    body.close()
-    (waiting,) = _core()._records
+    devkit.init(sample_success_ratio=1.0)
+    environ = _environ()
+    waiting = _wait_one(environ)
     assert type(waiting.source) is tuple
     details = dict(zip(_ENVIRON_DETAIL_KEYS, waiting.source, strict=True))
     assert details["HTTP_USER_AGENT"] == "ua" and details["REQUEST_METHOD"] == "GET"
@@ -246,6 +255,28 @@ def test_a_waiting_request_keeps_no_server_object_alive() -> None:
     gc.collect(0)
     assert gc.is_tracked(environ) and not gc.is_tracked(waiting.source)
     _core().flush_pending()
+
+
+@pytest.mark.parametrize("status", ["200 OK", "503 Unavailable"])  # waits, or not
+def test_collector_mode_exports_server_spans_with_their_details(
+    status: str, devkit_spans: CapturedSpans, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Collector mode exports every span: the tail sampler here keeps none, yet each
+    server span keeps what its attributes are read from until it is exported."""
+    monkeypatch.setenv("DEVKIT_TAIL_SAMPLING", "collector")
+    devkit.init(sample_success_ratio=0.0)
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response(status, [("Content-Length", "2")])
+        return [b"ok"]
+
+    body = devkit.wsgi(app)(_environ(), lambda status, headers, exc_info=None: None)
+    list(body)
+    body.close()
+    _core().flush_pending()
+    (server,) = devkit_spans.spans
+    assert server.attributes["user_agent.original"] == "ua"
+    assert server.attributes["http.response.body.size"] == 2
 
 
 def test_multiprocess_counts_are_not_left_to_a_batch(tmp_path: Any) -> None:

@@ -227,3 +227,10 @@ def test_kept_exposes_decision(ratio: float) -> None:
         tid = root.get_span_context().trace_id
         assert processor.kept(tid) is None
     assert processor.kept(tid) is (ratio == 1.0)
+
+
+def test_collector_mode_says_it_exports_every_span() -> None:
+    _, processor, _, _, _ = make(mode="collector")
+    assert processor.exports_every_span
+    _, processor, _, _, _ = make()
+    assert not processor.exports_every_span

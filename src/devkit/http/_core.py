@@ -498,6 +498,8 @@ class Core:
         self._keeps_so_far: Callable[[int], bool] = (
             tracing.processor.keeps_so_far if tracing is not None else lambda trace_id: False
         )
+        #: Collector mode: every span is exported, kept here or not, with its details.
+        self._exports_every_span = tracing is not None and tracing.processor.exports_every_span
         self._slow_s = settings.slow_threshold_ms / 1000.0
         #: The last loop ``finish_soon`` ran on and its queue of callbacks (one pair, so
         #: that threads with loops of their own never read one's loop with another's).
@@ -962,24 +964,24 @@ class Core:
         ``waited``: its books waited, and its source is what the span reads already."""
         end = span.start_time + int(req.duration * 1e9)
         kept = self.server_spans.end_request(span, end)  # type: ignore[union-attr]
-        if not kept:
-            # The span of a dropped trace may outlive the request (late children): it
-            # must not hold on to the scope, a large graph.
-            req.source = req.response_headers = None
-        else:
-            self._kept(req, waited)
+        self._ended(req, kept, waited)
         return kept
 
-    def _kept(self, req: Request, waited: bool) -> None:
-        """A kept span waits in the export queue (for as long as a collector is away): it
-        keeps only what its attributes are read from, not the scope with the app's
+    def _ended(self, req: Request, kept: bool, waited: bool) -> None:
+        """After the span's end: a span that is exported (kept, or every span in
+        collector mode) waits in the export queue, for as long as a collector is away,
+        and keeps only what its attributes are read from, not the scope with the app's
         objects in it, nor the response's headers list (``waited``: the source is that
-        already). Its trace's id becomes the request's exemplar."""
-        if not waited:
-            req.source = _detail_source(req.source)
-        req.response_headers = _detail_headers(req.response_headers)
-        if self.exemplars:
-            req.exemplar = req.trace_id.to_bytes(16, "big").hex()
+        already). The span of a dropped trace may outlive the request (late children):
+        it keeps neither. A kept trace's id becomes the request's exemplar."""
+        if kept or self._exports_every_span:
+            if not waited:
+                req.source = _detail_source(req.source)
+            req.response_headers = _detail_headers(req.response_headers)
+            if kept and self.exemplars:
+                req.exemplar = req.trace_id.to_bytes(16, "big").hex()
+        else:
+            req.source = req.response_headers = None
 
     def _end_waiting_spans(self, records: list[Request], factory: ServerSpanFactory) -> None:
         """End the spans of requests whose books waited, their tail decisions taken
@@ -995,10 +997,10 @@ class Core:
             return
         for req, kept in zip(ended, factory.end_requests(spans), strict=True):
             req.span = None
-            if not kept:  # as in _end_span
+            if kept or self._exports_every_span:
+                self._ended(req, kept, True)
+            else:  # as _ended does, without the call
                 req.source = req.response_headers = None
-            else:
-                self._kept(req, True)
 
     def _end_waiting_span(self, req: Request, span: ServerSpan) -> None:
         """End the span of one request whose books waited. Never raises."""

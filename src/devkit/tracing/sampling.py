@@ -387,6 +387,11 @@ class TailSamplingProcessor(SpanProcessor):
             if len(self._downstream) > self._limits.max_traces:
                 self._downstream.popitem(last=False)
 
+    @property
+    def exports_every_span(self) -> bool:
+        """Collector mode: every span is exported, whatever the decisions here say."""
+        return self._collector_mode
+
     def keeps_so_far(self, trace_id: int) -> bool:
         """Whether what the trace showed so far keeps it whatever else happens: an error
         span ended, or a downstream service keeps it (read without the lock: a snapshot)."""
