@@ -279,6 +279,52 @@ def test_collector_mode_exports_server_spans_with_their_details(
     assert server.attributes["http.response.body.size"] == 2
 
 
+def test_a_waiting_request_whose_trace_is_dropped_keeps_nothing_for_its_span() -> None:
+    """Nothing will read the environ of a trace the tail sampler drops when the span
+    ends: the request that waits keeps neither its details nor the response's headers."""
+    devkit.init(sample_success_ratio=0.0)
+    waiting = _wait_one(_environ())
+    assert waiting.source is None and waiting.response_headers is None
+    span = waiting.span
+    _core().flush_pending()
+    assert span.kept is False
+
+
+@pytest.mark.parametrize("why", ["slow", "error_child", "error_status", "collector"])
+def test_a_waiting_request_that_may_be_exported_keeps_its_details(
+    why: str, devkit_spans: CapturedSpans, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever may export the span when it ends keeps what its attributes are read
+    from: a request as slow as the threshold, an error span of its trace ended already,
+    the app's error status on the span, or collector mode (every span exported)."""
+    if why == "collector":
+        monkeypatch.setenv("DEVKIT_TAIL_SAMPLING", "collector")
+    devkit.init(sample_success_ratio=0.0, slow_threshold_ms=20)
+    tracer = trace.get_tracer("test")
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if why == "error_child":
+            with tracer.start_as_current_span("child") as child:
+                child.set_status(trace.StatusCode.ERROR)
+        elif why == "error_status":
+            trace.get_current_span().set_status(trace.StatusCode.ERROR)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    environ = _environ("/a/slow" if why == "slow" else "/a/200")
+    wrapped = devkit.wsgi(_app if why == "slow" else app)
+    body = wrapped(environ, lambda status, headers, exc_info=None: None)
+    list(body)
+    body.close()
+    (waiting,) = _core()._records
+    assert type(waiting.source) is tuple
+    _core().flush_pending()
+    (server,) = [s for s in devkit_spans.spans if s.kind is trace.SpanKind.SERVER]
+    assert server.attributes["user_agent.original"] == "ua"
+    if why != "slow":
+        assert server.attributes["http.response.body.size"] == 2
+
+
 def test_multiprocess_counts_are_not_left_to_a_batch(tmp_path: Any) -> None:
     # A worker killed before its batch would lose them: the files outlive it.
     from prometheus_client import CollectorRegistry

@@ -229,6 +229,45 @@ def test_kept_exposes_decision(ratio: float) -> None:
     assert processor.kept(tid) is (ratio == 1.0)
 
 
+@pytest.mark.parametrize("sampled", [False, True])
+@pytest.mark.parametrize("slow", [False, True])
+@pytest.mark.parametrize("known", ["nothing", "downstream", "error_child", "other_trace_open"])
+def test_a_trace_not_known_here_is_decided_by_its_request_span_alone(
+    sampled: bool, slow: bool, known: str
+) -> None:
+    """What the WSGI adapter reads when a request's books wait (``knows_trace``, the
+    slow threshold, the sampled flag) says what the decision taken when its span ends
+    will be, for every reason to keep a trace."""
+    tracer, processor, _, _, _ = make(slow_s=0.5)
+    trace_id = 0xABC
+    assert not any(processor.trace_tables)
+    if known == "downstream":
+        processor.mark_downstream_keep(trace_id)
+    elif known in ("error_child", "other_trace_open"):
+        parent = SpanContext(
+            trace_id if known == "error_child" else trace_id + 1, 7, is_remote=False
+        )
+        ctx = trace.set_span_in_context(NonRecordingSpan(parent))
+        with tracer.start_as_current_span("child", context=ctx) as child:
+            child.set_status(Status(StatusCode.ERROR))
+    assert any(processor.trace_tables) is (known != "nothing")
+    duration_ns = 600_000_000 if slow else 100_000_000
+    predicted_drop = not (
+        sampled or duration_ns >= processor.slow_ns or processor.knows_trace(trace_id)
+    )
+    root = ReadableSpan(
+        name="GET /",
+        context=SpanContext(
+            trace_id, 9, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED * sampled)
+        ),
+        start_time=1_000,
+        end_time=1_000 + duration_ns,
+    )
+    (kept,) = processor.on_root_ends([(root, trace_id, sampled)])
+    assert predicted_drop is (not kept)
+    assert predicted_drop is (not sampled and not slow and known in ("nothing", "other_trace_open"))
+
+
 def test_collector_mode_says_it_exports_every_span() -> None:
     _, processor, _, _, _ = make(mode="collector")
     assert processor.exports_every_span

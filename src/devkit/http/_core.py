@@ -498,6 +498,12 @@ class Core:
         self._keeps_so_far: Callable[[int], bool] = (
             tracing.processor.keeps_so_far if tracing is not None else lambda trace_id: False
         )
+        # What finish_copied reads to tell a trace the tail sampler will drop.
+        self._knows_trace: Callable[[int], bool] = (
+            tracing.processor.knows_trace if tracing is not None else lambda trace_id: False
+        )
+        self._trace_tables = tracing.processor.trace_tables if tracing is not None else ()
+        self._slow_ns = tracing.processor.slow_ns if tracing is not None else 0
         #: Collector mode: every span is exported, kept here or not, with its details.
         self._exports_every_span = tracing is not None and tracing.processor.exports_every_span
         self._slow_s = settings.slow_threshold_ms / 1000.0
@@ -749,17 +755,30 @@ class Core:
                 and (span is not None or self.logs is not None or self._count_later)
             ):
                 # The outcome _books derives, for a request without an error; what
-                # waits of it is only what the span reads: the environ holds the
-                # server's objects for the request (its socket, parser, body), which,
-                # kept alive until the batch, would survive young collections, be
-                # promoted, and bring on full ones.
-                req.duration = end - req.start
+                # waits of it is only what the span reads, and only when the span may
+                # be exported: the environ holds the server's objects for the request
+                # (its socket, parser, body), which, kept alive until the batch, would
+                # survive young collections, be promoted, and bring on full ones.
+                req.duration = duration = end - req.start
                 req.error = False
                 req.error_type = None
                 source = req.source
                 if source is not None:  # an environ: only WSGI requests come here
-                    environ: Environ = source  # type: ignore[assignment]
-                    req.source = _environ_details(environ) if span is not None else None
+                    # The tail sampler's decision when the span ends, unless another
+                    # span of its trace ends with an error before that: kept if
+                    # sampled, slow, failed, or known to the sampler (a child, a
+                    # downstream keep), and in collector mode.
+                    if span is not None and (
+                        span.sampled
+                        or int(duration * 1e9) >= self._slow_ns
+                        or span.status is not UNSET_STATUS
+                        or self._exports_every_span
+                        or (any(self._trace_tables) and self._knows_trace(req.trace_id))
+                    ):
+                        environ: Environ = source  # type: ignore[assignment]
+                        req.source = _environ_details(environ)
+                    else:  # (if it does, the span is exported without these details)
+                        req.source = req.response_headers = None
                 counted = req.counted = not self._count_later
                 if counted and self.metrics is not None:
                     self.metrics.observe(req)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field
 
 from opentelemetry.context import Context
@@ -391,6 +391,30 @@ class TailSamplingProcessor(SpanProcessor):
     def exports_every_span(self) -> bool:
         """Collector mode: every span is exported, whatever the decisions here say."""
         return self._collector_mode
+
+    @property
+    def slow_ns(self) -> int:
+        """A request span at least this long keeps its trace (``kept_slow``)."""
+        return self._slow_ns
+
+    @property
+    def trace_tables(self) -> tuple[Sized, ...]:
+        """What is held here per trace: buffered spans, remembered decisions, watched
+        request spans and downstream keeps. While all four are empty, no trace is known
+        (:meth:`knows_trace`), which a caller can see without a call."""
+        return (self._pending, self._decided, self._watched, self._downstream)
+
+    def knows_trace(self, trace_id: int) -> bool:
+        """Whether anything of the trace is held here (read without the lock: a
+        snapshot). The request span of a trace not known here that ends without an
+        error is kept only when it is sampled or slow: the decision of
+        :meth:`on_root_ends`' common case."""
+        return (
+            trace_id in self._pending
+            or trace_id in self._decided
+            or trace_id in self._watched
+            or trace_id in self._downstream
+        )
 
     def keeps_so_far(self, trace_id: int) -> bool:
         """Whether what the trace showed so far keeps it whatever else happens: an error
