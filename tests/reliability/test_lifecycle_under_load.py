@@ -339,9 +339,6 @@ def test_sigkilled_worker_leaves_metrics_right(
 
     answered = sum(report["statuses"].values())
     failed = len(report["failed_cids"])
-    # A killed worker takes the one request it was serving (sync workers) with it, and
-    # nothing else fails.
-    assert failed == sum(count for _, count in killed), (report["errors"], killed)
     assert report["statuses"] == {"200": answered}
     text = httpx.get(server.url + "/metrics", timeout=10).text
     counted = metric(text, "http_requests_total")
@@ -350,8 +347,18 @@ def test_sigkilled_worker_leaves_metrics_right(
     assert all(count >= 1 for _, count in killed)
     assert not [pid for pid, _ in killed if (directory / f"gauge_livesum_{pid}.db").exists()]
     assert stale == 0, text
-    # ... and what it had finished stays counted: one count per answered request.
-    assert counted == answered, (counted, answered, failed)
+    # ... and it took that one request (sync workers) with it: the client's request
+    # failed or, when the worker had sent the response but not yet closed it (where a
+    # multiprocess count is made), the client has its answer and that count is lost.
+    # Nothing else fails, and every other answered request stays counted.
+    lost = answered - int(counted)
+    assert lost >= 0, (counted, answered)
+    assert failed + lost == sum(count for _, count in killed), (
+        report["errors"],
+        killed,
+        counted,
+        answered,
+    )
     record(
         SECTION,
         "worker SIGKILLed under load (gunicorn, 2 workers)",
